@@ -28,13 +28,13 @@ type End int
 
 // Ways a session ends.
 const (
-	EndClosed      End = iota // both directions reached EOF
-	EndResetA                 // side A reset (or failed); B was reset in turn
-	EndResetB                 // side B reset (or failed); A was reset in turn
-	EndIdle                   // IdleTimeout fired
-	EndFinTimeout             // FinTimeout fired on a half-closed connection
-	EndAborted                // Abort was called
-	EndError                  // an unexpected local error
+	EndClosed     End = iota // both directions reached EOF
+	EndResetA                // side A reset (or failed); B was reset in turn
+	EndResetB                // side B reset (or failed); A was reset in turn
+	EndIdle                  // IdleTimeout fired
+	EndFinTimeout            // FinTimeout fired on a half-closed connection
+	EndAborted               // Abort was called
+	EndError                 // an unexpected local error
 )
 
 var endNames = [...]string{"closed", "reset by a", "reset by b", "idle timeout", "fin timeout", "aborted", "error"}
