@@ -1,0 +1,67 @@
+// Package pool holds the backends of l4lb and chooses among them.
+//
+// The model is
+//
+//	Upstream ──> Pools (ordered by Priority) ──> Hosts (weighted)
+//
+// A Host is one backend address. It is created once and kept for the life of the
+// process, even when the pools around it are rebuilt, so its state, fail count and
+// connection counters survive live edits and reloads:
+//
+//	redisA := pool.NewHost("", "tcp", "10.0.0.1:6379", 5) // id defaults to the address
+//	redisB := pool.NewHost("", "tcp", "10.0.0.2:6379", 1)
+//	spare := pool.NewHost("spare", "unix", "/run/redis/spare.sock", 1)
+//
+// A Pool is an immutable, named group of hosts with a priority (lower is used
+// first) and a selection Method. An Upstream is an ordered set of pools published
+// as an immutable snapshot through an atomic pointer: readers never lock, and
+// an edit builds a new slice and calls SetPools (copy on write):
+//
+//	primary, _ := pool.NewPool("primary", 0, pool.MethodRoundRobin, []*pool.Host{redisA, redisB})
+//	backup, _ := pool.NewPool("backup", 1, pool.MethodRoundRobin, []*pool.Host{spare})
+//	up := pool.NewUpstream("redis", []*pool.Pool{primary, backup}, pool.AllDownReject)
+//
+// On each new connection the proxy asks the upstream for a host. The skip
+// function excludes hosts already tried for this connection, so a tries loop
+// walks the hosts of the first pool and then falls through to the next one:
+//
+//	tried := make([]*pool.Host, 0, tries)
+//	skip := func(h *pool.Host) bool { return slices.Contains(tried, h) }
+//	for range tries {
+//		_, h := up.Pick(key, skip)
+//		if h == nil {
+//			break // nothing left to try
+//		}
+//		tried = append(tried, h)
+//		if err := dial(h); err != nil {
+//			h.ConnectFailed(err.Error(), time.Now())
+//			continue
+//		}
+//		h.ConnOpened()
+//		defer h.ConnClosed(toHost, fromHost)
+//		...
+//	}
+//
+// Pick takes no lock beyond a per-pool selector mutex held for one pass over
+// the pool's hosts, and does not allocate.
+//
+// # States
+//
+// A host is up, down (set by health checks or passive health), manual_down or
+// draining. Only an up host with a weight above zero is Usable and receives new
+// connections. manual_down and draining are operator states: SetState with
+// manual=false (a health checker) cannot leave them, so a check never revives a
+// host an operator took out. Failover follows usability: when no host of the
+// first pool is usable the next pool is used, and traffic fails back as soon as
+// a host of the first pool is up again. With AllDownTryAll an upstream whose
+// hosts are all down still picks among its down hosts (never manual_down or
+// draining ones, never weight 0), on the theory that a health check can be
+// wrong and a refused connection is no worse than a rejected one.
+//
+// # What this package does not do
+//
+// It does not dial, run health checks, count failures over time windows,
+// log, or read configuration. Those belong to its callers, which report into a
+// Host through SetState, ConnectFailed and the connection counters. It imports
+// only the standard library, and a test keeps it so.
+package pool

@@ -1,0 +1,218 @@
+package pool
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestStateNames(t *testing.T) {
+	for _, tc := range []struct {
+		s    State
+		name string
+	}{
+		{StateUp, "up"},
+		{StateDown, "down"},
+		{StateManualDown, "manual_down"},
+		{StateDraining, "draining"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.s.String(); got != tc.name {
+				t.Errorf("String() = %q, want %q", got, tc.name)
+			}
+			got, err := ParseState(tc.name)
+			if err != nil || got != tc.s {
+				t.Errorf("ParseState(%q) = %v, %v; want %v", tc.name, got, err, tc.s)
+			}
+			b, err := json.Marshal(tc.s)
+			if err != nil || string(b) != `"`+tc.name+`"` {
+				t.Errorf("json = %s, %v", b, err)
+			}
+			var back State
+			if err := json.Unmarshal(b, &back); err != nil || back != tc.s {
+				t.Errorf("json round trip = %v, %v", back, err)
+			}
+		})
+	}
+	if _, err := ParseState("UP"); !errors.Is(err, ErrUnknownState) {
+		t.Errorf("ParseState(UP) err = %v, want ErrUnknownState", err)
+	}
+	if got := State(9).String(); got != "State(9)" {
+		t.Errorf("State(9) = %q", got)
+	}
+}
+
+func TestParseAllDown(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want AllDown
+		err  bool
+	}{
+		{"", AllDownReject, false},
+		{"reject", AllDownReject, false},
+		{"try_all", AllDownTryAll, false},
+		{"all", 0, true},
+	} {
+		got, err := ParseAllDown(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("ParseAllDown(%q) = %v, %v", tc.in, got, err)
+		}
+		if err == nil && tc.in != "" && got.String() != tc.in {
+			t.Errorf("%v.String() = %q", got, got.String())
+		}
+	}
+}
+
+func TestNewHostDefaults(t *testing.T) {
+	h := NewHost("", "", "127.0.0.1:6379", -3)
+	if h.ID != "127.0.0.1:6379" || h.Network != "tcp" || h.Weight() != 0 {
+		t.Errorf("got id=%q network=%q weight=%d", h.ID, h.Network, h.Weight())
+	}
+	if h.State() != StateUp || h.Usable() {
+		t.Errorf("weight 0 host: state=%v usable=%v, want up and not usable", h.State(), h.Usable())
+	}
+	h.SetWeight(2)
+	if !h.Usable() {
+		t.Error("weight 2 up host not usable")
+	}
+	u := NewHost("sock", "unix", "/run/x.sock", 1)
+	if u.ID != "sock" || u.Network != "unix" {
+		t.Errorf("got %q %q", u.ID, u.Network)
+	}
+}
+
+func TestSetState(t *testing.T) {
+	type step struct {
+		s           State
+		manual      bool
+		wantPrev    State
+		wantChanged bool
+		wantNow     State
+	}
+	for _, tc := range []struct {
+		name  string
+		steps []step
+	}{
+		{"down and up", []step{
+			{StateDown, false, StateUp, true, StateDown},
+			{StateDown, false, StateDown, false, StateDown},
+			{StateUp, false, StateDown, true, StateUp},
+		}},
+		{"manual down is sticky", []step{
+			{StateManualDown, true, StateUp, true, StateManualDown},
+			{StateUp, false, StateManualDown, false, StateManualDown},
+			{StateDown, false, StateManualDown, false, StateManualDown},
+			{StateUp, true, StateManualDown, true, StateUp},
+		}},
+		{"draining is sticky", []step{
+			{StateDraining, true, StateUp, true, StateDraining},
+			{StateUp, false, StateDraining, false, StateDraining},
+			{StateManualDown, true, StateDraining, true, StateManualDown},
+		}},
+		{"unknown state ignored", []step{
+			{State(42), true, StateUp, false, StateUp},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := NewHost("", "tcp", "10.0.0.1:1", 1)
+			for i, st := range tc.steps {
+				prev, changed := h.SetState(st.s, "r", st.manual)
+				if prev != st.wantPrev || changed != st.wantChanged || h.State() != st.wantNow {
+					t.Fatalf("step %d SetState(%v, manual=%v) = %v, %v, now %v; want %v, %v, now %v",
+						i, st.s, st.manual, prev, changed, h.State(), st.wantPrev, st.wantChanged, st.wantNow)
+				}
+			}
+		})
+	}
+}
+
+func TestSetStateRecordsReasonAndTime(t *testing.T) {
+	h := NewHost("", "tcp", "10.0.0.1:1", 1)
+	created := h.Since()
+	time.Sleep(time.Millisecond)
+	h.SetState(StateDown, "connection refused", false)
+	st := h.Stats()
+	if st.Reason != "connection refused" || !st.Since.After(created) || st.Since != h.Since() {
+		t.Fatalf("after change: reason=%q since=%v created=%v", st.Reason, st.Since, created)
+	}
+	// A no-op change keeps the original reason and time.
+	h.SetState(StateDown, "timeout after 1s", false)
+	if st2 := h.Stats(); st2.Reason != "connection refused" || st2.Since != st.Since {
+		t.Errorf("no-op change rewrote reason/time: %q %v", st2.Reason, st2.Since)
+	}
+	// A refused change (sticky manual down) keeps them too.
+	h.SetState(StateManualDown, "operator", true)
+	h.SetState(StateUp, "rise 2", false)
+	if st3 := h.Stats(); st3.Reason != "operator" || st3.State != StateManualDown {
+		t.Errorf("refused change rewrote reason: %q %v", st3.Reason, st3.State)
+	}
+}
+
+func TestUsable(t *testing.T) {
+	for _, tc := range []struct {
+		s      State
+		weight int
+		want   bool
+	}{
+		{StateUp, 1, true},
+		{StateUp, 0, false},
+		{StateDown, 1, false},
+		{StateManualDown, 1, false},
+		{StateDraining, 1, false},
+	} {
+		h := NewHost("", "tcp", "x:1", tc.weight)
+		h.SetState(tc.s, "", true)
+		if got := h.Usable(); got != tc.want {
+			t.Errorf("state %v weight %d: Usable = %v, want %v", tc.s, tc.weight, got, tc.want)
+		}
+	}
+}
+
+func TestCountersAndFailures(t *testing.T) {
+	h := NewHost("a", "tcp", "10.0.0.1:6379", 3)
+	h.ConnOpened()
+	h.ConnOpened()
+	h.AddBytes(10, 20)
+	h.ConnClosed(1, 2)
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	h.ConnectFailed("connection refused", now.Add(-time.Second))
+	h.ConnectFailed("timeout after 1s", now)
+
+	want := HostStats{
+		ID: "a", Network: "tcp", Address: "10.0.0.1:6379", Weight: 3, State: StateUp,
+		Since: h.Since(), FailCount: 2, LastFailure: now, LastFailReason: "timeout after 1s",
+		Active: 1, Total: 2, BytesToHost: 11, BytesFromHost: 22,
+	}
+	if got := h.Stats(); got != want {
+		t.Fatalf("Stats() =\n%+v\nwant\n%+v", got, want)
+	}
+	h.ResetFails()
+	if got := h.Stats(); got.FailCount != 0 || got.LastFailure != now || h.FailCount() != 0 {
+		t.Errorf("after ResetFails: %+v", got)
+	}
+}
+
+func TestCountersConcurrent(t *testing.T) {
+	h := NewHost("", "tcp", "x:1", 1)
+	done := make(chan struct{})
+	const n, per = 8, 1000
+	for range n {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range per {
+				h.ConnOpened()
+				h.ConnectFailed("x", time.Now())
+				_ = h.Stats()
+				h.ConnClosed(1, 1)
+			}
+		}()
+	}
+	for range n {
+		<-done
+	}
+	st := h.Stats()
+	if st.Active != 0 || st.Total != n*per || st.BytesToHost != n*per || st.FailCount != n*per {
+		t.Errorf("got %+v", st)
+	}
+}
