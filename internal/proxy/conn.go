@@ -1,0 +1,164 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/l4lb/l4lb/internal/logkey"
+	"github.com/l4lb/l4lb/pool"
+	"github.com/l4lb/l4lb/splice"
+)
+
+const defaultConnectTimeout = 5 * time.Second
+
+// maxTries bounds the tried-hosts array kept on the stack.
+const maxTries = 16
+
+// serveConn is the body of one connection's goroutine: pick and connect a
+// host (with tries), then copy both ways until the connection ends, then log
+// one line.
+func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
+	defer l.wg.Done()
+	defer l.active.Add(-1)
+	start := time.Now()
+	s := l.set.Load()
+	log := l.log.With().Str(logkey.Client, client.RemoteAddr().String()).Logger()
+
+	backend, p, h, err := l.connect(dialCtx, s, client)
+	if err != nil {
+		l.noBackend.Add(1)
+		client.Close()
+		log.Warn().Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Reason, err.Error()).
+			Dur(logkey.Duration, time.Since(start)).Msg("client closed: no backend")
+		return
+	}
+
+	sess := splice.New(client, backend, splice.Options{IdleTimeout: s.IdleTimeout, FinTimeout: s.FinTimeout})
+	h.ConnOpened()
+	if !l.track(sess) {
+		sess.Abort("shutdown: drain timeout")
+	}
+	res := sess.Run()
+	l.untrack(sess)
+	h.ConnClosed(res.AToB, res.BToA)
+
+	ev := log.Info()
+	if res.End == splice.EndError {
+		ev = log.Warn()
+	}
+	ev = ev.Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, p.Name).Str(logkey.Host, h.ID).
+		Uint64(logkey.BytesUp, res.AToB).Uint64(logkey.BytesDown, res.BToA).
+		Dur(logkey.Duration, time.Since(start)).Str(logkey.End, endName(res)).Bool(logkey.Spliced, res.Spliced)
+	if res.Err != nil {
+		ev = ev.Str(logkey.Reason, res.Err.Error())
+	}
+	ev.Msg("connection closed")
+}
+
+// endName says how a connection ended in the words an operator reads: side A
+// is the client, side B the backend.
+func endName(r splice.Result) string {
+	switch r.End {
+	case splice.EndResetA:
+		return "client reset"
+	case splice.EndResetB:
+		return "backend reset"
+	case splice.EndAborted:
+		return r.Reason
+	}
+	return r.End.String()
+}
+
+// connect picks a host and dials it, trying up to s.Tries hosts in total:
+// the next host of the same pool, then the next pool. Every failure is
+// recorded against its host and logged. The client notices nothing unless
+// every try fails.
+func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn) (net.Conn, *pool.Pool, *pool.Host, error) {
+	tries := s.Tries
+	if tries < 1 {
+		tries = 1
+	}
+	if tries > maxTries {
+		tries = maxTries
+	}
+	timeout := s.ConnectTimeout
+	if timeout <= 0 {
+		timeout = defaultConnectTimeout
+	}
+	var tried [maxTries]*pool.Host
+	n := 0
+	skip := func(h *pool.Host) bool {
+		for _, t := range tried[:n] {
+			if t == h {
+				return true
+			}
+		}
+		return false
+	}
+	var lastErr error
+	for n < tries {
+		p, h := s.Upstream.Pick(0, skip)
+		if h == nil {
+			break
+		}
+		tried[n] = h
+		n++
+		d := net.Dialer{Timeout: timeout}
+		c, err := d.DialContext(ctx, h.Network, h.Address)
+		if err == nil {
+			return c, p, h, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil, nil, errors.New("shutting down")
+		}
+		reason := dialReason(err, timeout)
+		lastErr = fmt.Errorf("%s %s: %s", p.Name, h.ID, reason)
+		l.connectFails.Add(1)
+		if local := errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE); !local {
+			// Our own fd shortage is not the host's fault.
+			h.ConnectFailed(reason, time.Now())
+		}
+		if s.OnConnectFailure != nil {
+			s.OnConnectFailure(p, h, reason)
+		}
+		l.log.Warn().Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, p.Name).Str(logkey.Host, h.ID).
+			Str(logkey.Reason, reason).Int(logkey.Try, n).Int(logkey.Tries, tries).Msg("connect failed")
+	}
+	switch {
+	case n == 0:
+		return nil, nil, nil, errors.New("no usable host in any pool")
+	case n < tries:
+		return nil, nil, nil, fmt.Errorf("no usable host left after %d tries; last: %w", n, lastErr)
+	}
+	return nil, nil, nil, fmt.Errorf("all %d tries failed; last: %w", n, lastErr)
+}
+
+// dialReason turns a dial error into the short reason operators read in
+// logs and status: "connection refused", "timeout after 2s".
+func dialReason(err error, timeout time.Duration) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout after " + timeout.String()
+	case errors.Is(err, syscall.EHOSTUNREACH):
+		return "host unreachable"
+	case errors.Is(err, syscall.ENETUNREACH):
+		return "network unreachable"
+	case errors.Is(err, syscall.ENOENT):
+		return "no such socket file"
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+		return "out of file descriptors"
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Err != nil {
+		return oe.Err.Error()
+	}
+	return err.Error()
+}

@@ -1,0 +1,241 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/l4lb/l4lb/internal/logkey"
+	"github.com/l4lb/l4lb/pool"
+	"github.com/l4lb/l4lb/splice"
+	"github.com/rs/zerolog"
+)
+
+// Settings are what a listener needs to serve a connection. They are
+// immutable once published; a reload publishes new Settings with Set.
+type Settings struct {
+	Upstream       *pool.Upstream
+	Tries          int           // connect attempts in total; < 1 means 1
+	ConnectTimeout time.Duration // per attempt; 0 means 5s
+	IdleTimeout    time.Duration // no bytes either way; 0 means none
+	FinTimeout     time.Duration // inactivity once half-closed; 0 means IdleTimeout
+	DrainTimeout   time.Duration // on shutdown; 0 means abort at once
+	// OnConnectFailure, when set, is told of every failed connect attempt
+	// after the host has recorded it: the passive health hook.
+	OnConnectFailure func(p *pool.Pool, h *pool.Host, reason string)
+}
+
+// Stats are a listener's counters.
+type Stats struct {
+	Accepted     uint64 // connections accepted
+	Active       int64  // connections open now
+	NoBackend    uint64 // clients closed because no host could be connected
+	AcceptErrors uint64 // accept(2) failures (EMFILE and the like)
+	ConnectFails uint64 // failed connect attempts
+}
+
+// Listener accepts TCP (or unix stream) connections and forwards each to a
+// host of its upstream.
+type Listener struct {
+	name string
+	ln   net.Listener
+	log  zerolog.Logger
+	set  atomic.Pointer[Settings]
+
+	accepted, noBackend, acceptErrors, connectFails atomic.Uint64
+	active                                          atomic.Int64
+
+	mu       sync.Mutex
+	conns    map[*splice.Session]struct{}
+	aborting bool // drain timed out: sessions are aborted as they appear
+	wg    sync.WaitGroup // one per connection handler
+}
+
+// Listen binds network/address ("tcp", "127.0.0.1:6380"; "unix", "/run/x.sock").
+// It starts nothing: call Run.
+func Listen(name, network, address string, s *Settings, log zerolog.Logger) (*Listener, error) {
+	ln, err := listen(network, address)
+	if err != nil {
+		return nil, err
+	}
+	l := &Listener{
+		name:  name,
+		ln:    ln,
+		log:   log.With().Str(logkey.Listener, name).Logger(),
+		conns: make(map[*splice.Session]struct{}),
+	}
+	l.set.Store(s)
+	return l, nil
+}
+
+func listen(network, address string) (net.Listener, error) {
+	ln, err := net.Listen(network, address)
+	if err == nil || network != "unix" || !errors.Is(err, syscall.EADDRINUSE) {
+		return ln, err
+	}
+	// A socket file is there. If nobody answers on it, it is stale (a
+	// crashed run): remove and bind again. A live one is not stolen.
+	if c, derr := net.DialTimeout("unix", address, time.Second); derr == nil {
+		c.Close()
+		return nil, err
+	}
+	if rerr := os.Remove(address); rerr != nil {
+		return nil, err
+	}
+	return net.Listen(network, address)
+}
+
+// Name returns the listener's name.
+func (l *Listener) Name() string { return l.name }
+
+// Addr returns the bound address.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Set publishes new settings; connections accepted from now on use them.
+func (l *Listener) Set(s *Settings) { l.set.Store(s) }
+
+// Settings returns the settings in force.
+func (l *Listener) Settings() *Settings { return l.set.Load() }
+
+// Stats returns a snapshot of the counters.
+func (l *Listener) Stats() Stats {
+	return Stats{
+		Accepted:     l.accepted.Load(),
+		Active:       l.active.Load(),
+		NoBackend:    l.noBackend.Load(),
+		AcceptErrors: l.acceptErrors.Load(),
+		ConnectFails: l.connectFails.Load(),
+	}
+}
+
+// Run accepts until ctx is done, then stops accepting at once, lets live
+// connections finish for up to DrainTimeout, closes the rest, and returns
+// once every connection handler has returned.
+func (l *Listener) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { l.ln.Close() })
+	defer stop()
+	// dialCtx outlives ctx by the drain: connects in progress may finish and
+	// be served during the drain, and are cut when it ends.
+	dialCtx, cancelDial := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelDial()
+
+	err := l.acceptLoop(ctx, dialCtx)
+	l.ln.Close()
+	l.drain(l.set.Load().DrainTimeout, cancelDial)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// acceptLoop accepts until the listener is closed. On temporary errors,
+// EMFILE and ENFILE above all, it backs off from 5ms doubling to 1s rather
+// than spinning: on epoll the pending connection stays in the backlog, so
+// retrying at once would burn a core (libuv #690).
+func (l *Listener) acceptLoop(ctx, dialCtx context.Context) error {
+	var delay time.Duration
+	var lastLog time.Time
+	var suppressed int
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			l.acceptErrors.Add(1)
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+			} else if delay *= 2; delay > time.Second {
+				delay = time.Second
+			}
+			if now := time.Now(); now.Sub(lastLog) >= time.Second {
+				ev := l.log.Error().Err(err).Dur("retry_in", delay)
+				if suppressed > 0 {
+					ev = ev.Int("suppressed", suppressed)
+				}
+				if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+					ev.Msg("accept: out of file descriptors (raise LimitNOFILE / ulimit -n; each proxied connection needs 2 fds, 4 more while bytes are in flight)")
+				} else {
+					ev.Msg("accept failed")
+				}
+				lastLog, suppressed = now, 0
+			} else {
+				suppressed++
+			}
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			}
+			continue
+		}
+		delay = 0
+		l.accepted.Add(1)
+		l.active.Add(1)
+		l.wg.Add(1)
+		go l.serveConn(dialCtx, c)
+	}
+}
+
+// drain waits for live connections to end, up to timeout, then aborts the
+// rest and waits for their handlers.
+func (l *Listener) drain(timeout time.Duration, cancelDial context.CancelFunc) {
+	done := make(chan struct{})
+	go waitGroupDone(&l.wg, done)
+	if n := l.active.Load(); n > 0 {
+		l.log.Info().Int64(logkey.Active, n).Dur("drain_timeout", timeout).Msg("draining connections")
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	}
+	cancelDial()
+	l.mu.Lock()
+	l.aborting = true
+	n := len(l.conns)
+	for s := range l.conns {
+		s.Abort("shutdown: drain timeout")
+	}
+	l.mu.Unlock()
+	if n > 0 {
+		l.log.Warn().Int(logkey.Count, n).Msg("drain timeout: closed remaining connections")
+	}
+	<-done
+}
+
+func waitGroupDone(wg *sync.WaitGroup, done chan<- struct{}) {
+	wg.Wait()
+	close(done)
+}
+
+// track registers a live session so a drain can abort it. It returns false
+// when the drain has already timed out: the caller must not run it.
+func (l *Listener) track(s *splice.Session) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.aborting {
+		return false
+	}
+	l.conns[s] = struct{}{}
+	return true
+}
+
+func (l *Listener) untrack(s *splice.Session) {
+	l.mu.Lock()
+	delete(l.conns, s)
+	l.mu.Unlock()
+}
+
+// Close closes the listening socket without draining: for a listener that
+// was bound but never run.
+func (l *Listener) Close() error { return l.ln.Close() }
