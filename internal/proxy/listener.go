@@ -52,8 +52,8 @@ type Listener struct {
 
 	mu       sync.Mutex
 	conns    map[*splice.Session]struct{}
-	aborting bool // drain timed out: sessions are aborted as they appear
-	wg    sync.WaitGroup // one per connection handler
+	aborting bool           // drain timed out: sessions are aborted as they appear
+	wg       sync.WaitGroup // one per connection handler
 }
 
 // Listen binds network/address ("tcp", "127.0.0.1:6380"; "unix", "/run/x.sock").
