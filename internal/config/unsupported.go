@@ -1,0 +1,76 @@
+package config
+
+import "fmt"
+
+// unsupported lists what the config accepts syntactically but this version
+// does not implement yet, so that nothing is accepted and silently ignored.
+// A release that implements a feature deletes its line here.
+func unsupported(c *Config) []error {
+	var errs []error
+	no := func(key string, v any) {
+		msg := "not supported yet in this version"
+		if v != nil {
+			msg = fmt.Sprintf("%v: %s", v, msg)
+		}
+		errs = append(errs, &Error{Key: key, Msg: msg})
+	}
+	if c.Control.Store == "consul" {
+		no("control.store", `"consul"`)
+	}
+	if c.Metrics.Listen != "" {
+		no("metrics.listen", nil)
+	}
+	if c.Consul.Address != "" {
+		no("consul.address", nil)
+	}
+	for i, l := range c.Listeners {
+		k := index("listener", i)
+		if l.Protocol == UDP {
+			no(k+".protocol", `"udp"`)
+		}
+		if l.ProxyProtocol != "" {
+			no(k+".proxy_protocol", nil)
+		}
+		if len(l.Allow) > 0 {
+			no(k+".allow", nil)
+		}
+		if len(l.Deny) > 0 {
+			no(k+".deny", nil)
+		}
+		if l.Responses != 0 {
+			no(k+".responses", nil)
+		}
+		if l.MaxSessions != 0 {
+			no(k+".max_sessions", nil)
+		}
+	}
+	for _, name := range sortedKeys(c.Upstreams) {
+		u := c.Upstreams[name]
+		k := join("upstream", name)
+		if u.Method != "" && u.Method != RoundRobin {
+			no(k+".method", fmt.Sprintf("%q", u.Method))
+		}
+		if u.SlowStart > 0 {
+			no(k+".slow_start", nil)
+		}
+		if u.CloseOnDown {
+			no(k+".close_on_down", nil)
+		}
+		if u.Health != nil && u.Health.Type != HealthNone {
+			no(k+".health.type", fmt.Sprintf("%q", u.Health.Type))
+		}
+		for i, p := range u.Pools {
+			pk := index(k+".pool", i)
+			if p.Method != "" && p.Method != RoundRobin {
+				no(pk+".method", fmt.Sprintf("%q", p.Method))
+			}
+			if p.Consul != nil {
+				no(pk+".consul", nil)
+			}
+			if p.Health != nil && p.Health.Type != HealthNone {
+				no(pk+".health.type", fmt.Sprintf("%q", p.Health.Type))
+			}
+		}
+	}
+	return errs
+}
