@@ -56,7 +56,7 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 		} else {
 			l.Network, l.Address = network, addr
 			id := network + " " + addr
-			if prev, dup := listens[id]; dup {
+			if prev, dup := listens[id]; dup && !strings.HasSuffix(addr, ":0") {
 				v.bad(k+".listen", "%s address %q is already used by %s", network, l.Listen, prev)
 			} else {
 				listens[id] = k
@@ -312,9 +312,13 @@ func parseListen(s string, p Protocol) (network, addr string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("want \"ip:port\", \"[ipv6]:port\", \":port\" or \"unix:/path\", got %q", s)
 	}
-	n, err := parsePort(port)
-	if err != nil {
-		return "", "", err
+	// Port 0 lets the kernel pick a free port; the bound address is logged
+	// at start ("listening"). Tests and the demo use it.
+	n, err := strconv.Atoi(port)
+	if port != "0" || err != nil {
+		if n, err = parsePort(port); err != nil {
+			return "", "", err
+		}
 	}
 	network = string(TCP)
 	if p == UDP {

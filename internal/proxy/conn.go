@@ -16,8 +16,8 @@ import (
 
 const defaultConnectTimeout = 5 * time.Second
 
-// maxTries bounds the tried-hosts array kept on the stack.
-const maxTries = 16
+// maxTries bounds the tried-hosts array kept on the stack (config allows 1..100).
+const maxTries = 100
 
 // serveConn is the body of one connection's goroutine: pick and connect a
 // host (with tries), then copy both ways until the connection ends, then log

@@ -1,0 +1,40 @@
+# l4lb — see README.md.
+GO        ?= go
+export GOTOOLCHAIN ?= local
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+STATICCHECK_VERSION ?= 2025.1.1
+
+.PHONY: all build test test-deps test-short lint demo bench clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/l4lb ./cmd/l4lb
+
+# Installs the Debian packages the tests use (redis-server, redis-tools,
+# curl) when missing, then runs every test with the race detector.
+test: test-deps
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-deps:
+	@scripts/test-deps.sh
+
+# Quicker: smaller payloads, no race detector.
+test-short:
+	$(GO) test -short -count=1 ./...
+
+lint:
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+# Runs l4lb in front of three backends it starts itself and shows weights
+# and failover in the terminal. Needs nothing but Go.
+demo: build
+	$(GO) run ./internal/demo -bin bin/l4lb
+
+bench:
+	@echo "make bench: the benchmark suite (direct vs l4lb vs HAProxy) is not written yet; see docs/PERFORMANCE.md when it lands."
+
+clean:
+	rm -rf bin
