@@ -3,7 +3,7 @@ GO        ?= go
 export GOTOOLCHAIN ?= local
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
-STATICCHECK_VERSION ?= 2025.1.1
+STATICCHECK_VERSION ?= v0.8.2
 
 .PHONY: all build test test-deps test-short lint demo bench clean
 

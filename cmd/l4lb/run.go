@@ -86,7 +86,7 @@ func run(path string, stderr io.Writer) int {
 	log.Info().Msg("shutting down: no new connections; draining")
 	start := time.Now()
 	wg.Wait()
-	log.Info().Dur(logkey.Duration, time.Since(start)).Msg("stopped")
+	log.Info().Float64(logkey.Duration, time.Since(start).Seconds()).Msg("stopped")
 	return 0
 }
 

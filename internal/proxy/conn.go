@@ -34,7 +34,7 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 		l.noBackend.Add(1)
 		client.Close()
 		log.Warn().Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Reason, err.Error()).
-			Dur(logkey.Duration, time.Since(start)).Msg("client closed: no backend")
+			Float64(logkey.Duration, time.Since(start).Seconds()).Msg("client closed: no backend")
 		return
 	}
 
@@ -53,7 +53,7 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 	}
 	ev = ev.Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, p.Name).Str(logkey.Host, h.ID).
 		Uint64(logkey.BytesUp, res.AToB).Uint64(logkey.BytesDown, res.BToA).
-		Dur(logkey.Duration, time.Since(start)).Str(logkey.End, endName(res)).Bool(logkey.Spliced, res.Spliced)
+		Float64(logkey.Duration, time.Since(start).Seconds()).Str(logkey.End, endName(res)).Bool(logkey.Spliced, res.Spliced)
 	if res.Err != nil {
 		ev = ev.Str(logkey.Reason, res.Err.Error())
 	}

@@ -568,3 +568,85 @@ func TestNoLeaks(t *testing.T) {
 		t.Errorf("goroutines: %d before, %d after", goroutines, n)
 	}
 }
+
+// TestUnixAndIPv6: a unix-socket listener forwarding to a unix-socket host,
+// and an IPv6 listener to an IPv6 host, carry bytes intact (spliced).
+func TestUnixAndIPv6(t *testing.T) {
+	t.Run("unix", func(t *testing.T) {
+		dir := t.TempDir()
+		back := dir + "/backend.sock"
+		bl, err := net.Listen("unix", back)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bl.Close()
+		go func() {
+			for {
+				c, err := bl.Accept()
+				if err != nil {
+					return
+				}
+				go func() { io.Copy(c, c); c.Close() }()
+			}
+		}()
+		h := pool.NewHost("sock", "unix", back, 1)
+		p, _ := pool.NewPool("p", 0, pool.MethodRoundRobin, []*pool.Host{h})
+		front := dir + "/front.sock"
+		// A stale socket file from a crashed run is replaced.
+		stale, _ := net.Listen("unix", front)
+		stale.(*net.UnixListener).SetUnlinkOnClose(false)
+		stale.Close()
+		l, err := Listen("unix", "unix", front, defaults(pool.NewUpstream("u", []*pool.Pool{p}, pool.AllDownReject)), testLogger(t))
+		if err != nil {
+			t.Fatalf("listen over a stale socket file: %v", err)
+		}
+		// A live one is not stolen.
+		if _, err := Listen("again", "unix", front, defaults(nil), zerolog.Nop()); err == nil {
+			t.Fatal("second listener stole a live socket")
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- l.Run(ctx) }()
+		defer func() { cancel(); <-done }()
+		c, err := net.Dial("unix", front)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		msg := bytes.Repeat([]byte("u"), 1<<20)
+		go c.Write(msg)
+		got := make([]byte, len(msg))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("unix echo: %v", err)
+		}
+	})
+	t.Run("ipv6", func(t *testing.T) {
+		bl, err := net.Listen("tcp", "[::1]:0")
+		if err != nil {
+			t.Skip("no IPv6 loopback")
+		}
+		defer bl.Close()
+		go func() {
+			for {
+				c, err := bl.Accept()
+				if err != nil {
+					return
+				}
+				go func() { io.Copy(c, c); c.Close() }()
+			}
+		}()
+		u := upstream(t, []string{bl.Addr().String()})
+		l, err := Listen("v6", "tcp", "[::1]:0", defaults(u), testLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- l.Run(ctx) }()
+		defer func() { cancel(); <-done }()
+		if err := echoOnce(l.Addr().String(), bytes.Repeat([]byte("6"), 1<<20)); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
