@@ -3,6 +3,7 @@ package pool
 import (
 	"fmt"
 	"testing"
+	"time"
 )
 
 // benchUpstream builds a primary pool of n hosts with mixed weights and a
@@ -30,6 +31,26 @@ func BenchmarkUpstreamPick(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, h := u.Pick(0, skip); h == nil {
+					b.Fatal("no host")
+				}
+			}
+		})
+	}
+}
+
+// Every host in a slow start ramp: the pick reads the clock once per host.
+func BenchmarkUpstreamPickSlowStart(b *testing.B) {
+	for _, n := range []int{2, 16, 256} {
+		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) {
+			u, hs := benchUpstream(b, n)
+			for _, h := range hs {
+				h.SetSlowStart(time.Hour)
+				h.SetHealth(false, "bench")
+				h.SetHealth(true, "bench")
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, h := u.Pick(0, nil); h == nil {
 					b.Fatal("no host")
 				}
 			}
@@ -83,6 +104,11 @@ func TestPickDoesNotAllocate(t *testing.T) {
 		setup func()
 	}{
 		{"healthy", func() {}},
+		{"slow start", func() {
+			hs[1].SetSlowStart(time.Hour)
+			hs[1].SetHealth(false, "")
+			hs[1].SetHealth(true, "")
+		}},
 		{"failover", func() { hs[0].SetState(StateDown, "", false); hs[1].SetState(StateDown, "", false) }},
 		{"try all", func() { hs[2].SetState(StateDown, "", false) }},
 	} {

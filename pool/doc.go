@@ -47,21 +47,36 @@
 //
 // # States
 //
-// A host is up, down (set by health checks or passive health), manual_down or
-// draining. Only an up host with a weight above zero is Usable and receives new
-// connections. manual_down and draining are operator states: SetState with
-// manual=false (a health checker) cannot leave them, so a check never revives a
-// host an operator took out. Failover follows usability: when no host of the
+// A host keeps two things apart, as HAProxy does: its health (up or down, set
+// by health checks and passive health through SetHealth) and its admin state
+// (none, manual_down or draining, set by an operator through SetAdmin). State
+// is the effective state: the admin state when one is set, else the health.
+// So a check never revives a host an operator took out, and a manual up of a
+// host whose checks say down leaves it down. The health keeps being recorded
+// underneath (Healthy, HostStats.Healthy). The reason and Since describe the
+// last change of the effective state. SetState is the older one-state API,
+// kept as a wrapper.
+//
+// Only an up host with a weight above zero is Usable and receives new
+// connections. Failover follows usability: when no host of the
 // first pool is usable the next pool is used, and traffic fails back as soon as
 // a host of the first pool is up again. With AllDownTryAll an upstream whose
 // hosts are all down still picks among its down hosts (never manual_down or
 // draining ones, never weight 0), on the theory that a health check can be
 // wrong and a refused connection is no worse than a rejected one.
 //
+// # Slow start
+//
+// With SetSlowStart(d), a host that comes back up (from down or manual_down)
+// ramps its effective weight linearly from a tenth of its weight (at least 1)
+// to its weight over d, so a cold cache or a freshly started process is not
+// handed its full share at once. The ramp end is an atomic on the host; Pick
+// reads the clock only while some host ramps, and still does not allocate.
+//
 // # What this package does not do
 //
 // It does not dial, run health checks, count failures over time windows,
 // log, or read configuration. Those belong to its callers, which report into a
-// Host through SetState, ConnectFailed and the connection counters. It imports
+// Host through SetHealth, SetAdmin, ConnectFailed and the connection counters. It imports
 // only the standard library, and a test keeps it so.
 package pool

@@ -15,7 +15,13 @@ type Host struct {
 	Address string // dialable: "127.0.0.1:6379", "[::1]:6379", or "/path/x.sock" for unix
 
 	weight atomic.Int32
-	state  atomic.Uint32 // a State; written only with mu held
+	state  atomic.Uint32 // the effective State (see State); written only with mu held
+
+	// Slow start. rampEnd is when the current ramp ends, in nanoseconds on
+	// the monotonic clock (see monoNow), or 0 when no ramp is running: the
+	// pick path reads the clock only while a ramp runs.
+	slowStart atomic.Int64 // time.Duration; 0 = off
+	rampEnd   atomic.Int64
 
 	active        atomic.Int64
 	total         atomic.Uint64
@@ -23,8 +29,10 @@ type Host struct {
 	bytesFromHost atomic.Uint64
 
 	mu             sync.Mutex // guards the fields below and writes to state
-	reason         string     // reason of the last state change
-	since          time.Time  // time of the last state change
+	healthy        bool       // health: set by checks and passive health
+	admin          State      // StateUp (none), StateManualDown or StateDraining
+	reason         string     // reason of the last change of the effective state
+	since          time.Time  // time of the last change of the effective state
 	failCount      int
 	lastFailure    time.Time
 	lastFailReason string
@@ -38,6 +46,7 @@ type HostStats struct {
 	Address        string    `json:"address"`
 	Weight         int       `json:"weight"`
 	State          State     `json:"state"`
+	Healthy        bool      `json:"healthy"`          // what the checks say, whatever the operator set
 	Reason         string    `json:"reason,omitempty"` // of the last state change
 	Since          time.Time `json:"since"`
 	FailCount      int       `json:"fail_count"`
@@ -58,7 +67,7 @@ func NewHost(id, network, address string, weight int) *Host {
 	if network == "" {
 		network = "tcp"
 	}
-	h := &Host{ID: id, Network: network, Address: address, since: time.Now()}
+	h := &Host{ID: id, Network: network, Address: address, healthy: true, since: time.Now()}
 	h.SetWeight(weight)
 	return h
 }
@@ -74,29 +83,143 @@ func (h *Host) SetWeight(w int) {
 	h.weight.Store(int32(w))
 }
 
-// State returns the current state.
+// State returns the effective state: the operator's (manual_down or
+// draining) when one is set, else the health (up or down).
 func (h *Host) State() State { return State(h.state.Load()) }
 
-// SetState moves the host to s, recording reason and the time, and returns the
-// previous state and whether it changed. Setting the state it already has
-// changes nothing (the reason and time of the earlier change are kept).
-//
-// manual_down and draining are operator states: while the host is in one of
-// them, only a call with manual set (the control API) changes it, so a health
-// check or passive health cannot revive or re-mark a host an operator took out.
-// An unknown s is ignored.
-func (h *Host) SetState(s State, reason string, manual bool) (prev State, changed bool) {
+// Healthy reports what health checks and passive health last said, whatever
+// state an operator set.
+func (h *Host) Healthy() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	prev = State(h.state.Load())
-	if prev == s || !s.valid() || (prev.admin() && !manual) {
-		return prev, false
+	return h.healthy
+}
+
+// SetHealth records the verdict of a health check or of passive health and
+// reports whether the health changed. Setting the health it already has
+// changes nothing. While an operator state is set the health is still
+// recorded, so that clearing it reveals the truth, but the effective state
+// (and its reason and time) does not move.
+func (h *Host) SetHealth(up bool, reason string) (changed bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.healthy == up {
+		return false
 	}
-	h.state.Store(uint32(s))
+	h.healthy = up
+	h.update(reason)
+	return true
+}
+
+// SetAdmin sets the operator state and reports whether it changed: s is
+// StateManualDown or StateDraining to take the host out, or StateUp to clear
+// the operator state. Clearing it gives the host back to its health: a host
+// whose checks say down stays down. StateDown and unknown states are ignored.
+func (h *Host) SetAdmin(s State, reason string) (changed bool) {
+	if s != StateUp && !s.admin() {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.admin == s {
+		return false
+	}
+	h.admin = s
+	h.update(reason)
+	return true
+}
+
+// update recomputes the effective state after a change of health or admin
+// and, when it moved, records reason and time and starts a slow start ramp
+// if the host came back up. h.mu held.
+func (h *Host) update(reason string) {
+	eff := h.admin
+	if eff == StateUp && !h.healthy {
+		eff = StateDown
+	}
+	prev := State(h.state.Load())
+	if eff == prev {
+		return
+	}
+	h.state.Store(uint32(eff))
 	h.reason = reason
 	h.since = time.Now()
-	return prev, true
+	switch {
+	case eff == StateUp && prev != StateDraining:
+		// Back from down or manual_down: caches are cold, ramp up.
+		if d := h.slowStart.Load(); d > 0 {
+			h.rampEnd.Store(monoNow() + d)
+		}
+	case eff != StateUp:
+		h.rampEnd.Store(0)
+	}
 }
+
+// SetState is the older single-state API, kept for callers that predate
+// SetHealth and SetAdmin. StateManualDown and StateDraining go to SetAdmin.
+// StateUp goes to SetAdmin when manual (clearing the operator state) and to
+// SetHealth otherwise; StateDown always goes to SetHealth. It returns the
+// previous effective state and whether the effective state changed. An
+// unknown s is ignored.
+func (h *Host) SetState(s State, reason string, manual bool) (prev State, changed bool) {
+	prev = h.State()
+	switch {
+	case s.admin() || (s == StateUp && manual):
+		h.SetAdmin(s, reason)
+	case s == StateUp || s == StateDown:
+		h.SetHealth(s == StateUp, reason)
+	default:
+		return prev, false
+	}
+	// Another writer may run between the two loads; callers of this
+	// compatibility API are tests and single-writer tools.
+	now := h.State()
+	return prev, now != prev
+}
+
+// SetSlowStart sets the slow start period: when the host comes back up, its
+// effective weight ramps linearly from a tenth of its weight (at least 1) to
+// its weight over d. 0 turns slow start off, and ends a running ramp.
+func (h *Host) SetSlowStart(d time.Duration) {
+	d = max(d, 0)
+	h.slowStart.Store(int64(d))
+	if d == 0 {
+		h.rampEnd.Store(0)
+	}
+}
+
+// EffectiveWeight returns the weight the selector uses now: the weight, or
+// less while a slow start ramp runs.
+func (h *Host) EffectiveWeight() int {
+	w := int64(h.weight.Load())
+	if end := h.rampEnd.Load(); end != 0 {
+		w = h.rampWeight(w, end, monoNow())
+	}
+	return int(w)
+}
+
+// rampWeight returns weight w scaled for a ramp ending at end, at time now
+// (both monoNow values), and ends the ramp (once) when it is over.
+func (h *Host) rampWeight(w, end, now int64) int64 {
+	d := h.slowStart.Load()
+	left := end - now
+	if left <= 0 || d <= 0 {
+		h.rampEnd.CompareAndSwap(end, 0)
+		return w
+	}
+	if w <= 1 {
+		return w
+	}
+	lo := max(w/10, 1)
+	elapsed := max(d-left, 0)
+	return lo + (w-lo)*elapsed/d
+}
+
+// epoch anchors monoNow. time.Since uses the monotonic clock, so a ramp is
+// not stretched or cut short by a wall clock step.
+var epoch = time.Now()
+
+func monoNow() int64 { return int64(time.Since(epoch)) }
 
 // Since returns when the state last changed (or when the host was created).
 func (h *Host) Since() time.Time {
@@ -182,6 +305,7 @@ func (h *Host) Stats() HostStats {
 	}
 	h.mu.Lock()
 	st.State = State(h.state.Load())
+	st.Healthy = h.healthy
 	st.Reason = h.reason
 	st.Since = h.since
 	st.FailCount = h.failCount

@@ -103,7 +103,9 @@ func TestSetState(t *testing.T) {
 			{StateManualDown, true, StateUp, true, StateManualDown},
 			{StateUp, false, StateManualDown, false, StateManualDown},
 			{StateDown, false, StateManualDown, false, StateManualDown},
-			{StateUp, true, StateManualDown, true, StateUp},
+			// The checks said down meanwhile: a manual up reveals it.
+			{StateUp, true, StateManualDown, true, StateDown},
+			{StateUp, false, StateDown, true, StateUp},
 		}},
 		{"draining is sticky", []step{
 			{StateDraining, true, StateUp, true, StateDraining},
@@ -124,6 +126,102 @@ func TestSetState(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestHealthAndAdmin(t *testing.T) {
+	h := NewHost("", "tcp", "10.0.0.1:1", 1)
+	if !h.Healthy() || h.State() != StateUp {
+		t.Fatalf("new host: healthy=%v state=%v", h.Healthy(), h.State())
+	}
+	steps := []struct {
+		do          func() bool
+		wantChanged bool
+		wantState   State
+		wantHealthy bool
+		wantReason  string
+	}{
+		{func() bool { return h.SetHealth(false, "connection refused") }, true, StateDown, false, "connection refused"},
+		{func() bool { return h.SetHealth(false, "timeout after 1s") }, false, StateDown, false, "connection refused"},
+		{func() bool { return h.SetAdmin(StateManualDown, "maintenance") }, true, StateManualDown, false, "maintenance"},
+		// Health moves underneath; the effective state and its reason stay.
+		{func() bool { return h.SetHealth(true, "rise 2") }, true, StateManualDown, true, "maintenance"},
+		{func() bool { return h.SetHealth(false, "status 503") }, true, StateManualDown, false, "maintenance"},
+		{func() bool { return h.SetAdmin(StateDraining, "drain") }, true, StateDraining, false, "drain"},
+		{func() bool { return h.SetAdmin(StateDown, "bogus") }, false, StateDraining, false, "drain"},
+		// Manual up of a host the checks say is down: down, not up.
+		{func() bool { return h.SetAdmin(StateUp, "operator up") }, true, StateDown, false, "operator up"},
+		{func() bool { return h.SetAdmin(StateUp, "again") }, false, StateDown, false, "operator up"},
+		{func() bool { return h.SetHealth(true, "rise 2") }, true, StateUp, true, "rise 2"},
+	}
+	for i, s := range steps {
+		changed := s.do()
+		st := h.Stats()
+		if changed != s.wantChanged || st.State != s.wantState || st.Healthy != s.wantHealthy || st.Reason != s.wantReason {
+			t.Fatalf("step %d: changed=%v state=%v healthy=%v reason=%q; want %v %v %v %q",
+				i, changed, st.State, st.Healthy, st.Reason, s.wantChanged, s.wantState, s.wantHealthy, s.wantReason)
+		}
+	}
+}
+
+// TestSlowStart checks the ramp: from a tenth of the weight right after
+// coming back, to the full weight once the period has passed.
+func TestSlowStart(t *testing.T) {
+	h := NewHost("", "tcp", "10.0.0.1:1", 100)
+	h.SetSlowStart(time.Hour) // long enough that the test cannot see it move much
+	if got := h.EffectiveWeight(); got != 100 {
+		t.Fatalf("no ramp yet: effective weight %d, want 100", got)
+	}
+	h.SetHealth(false, "down")
+	h.SetHealth(true, "up")
+	if got := h.EffectiveWeight(); got < 10 || got > 11 {
+		t.Fatalf("just back: effective weight %d, want ~10", got)
+	}
+	// A short period ends; the ramp is dropped and the full weight returns.
+	h.SetSlowStart(20 * time.Millisecond)
+	h.SetHealth(false, "down")
+	h.SetHealth(true, "up")
+	mid := h.EffectiveWeight()
+	time.Sleep(30 * time.Millisecond)
+	if got := h.EffectiveWeight(); got != 100 || mid >= 100 || h.rampEnd.Load() != 0 {
+		t.Fatalf("after the period: %d (mid %d, rampEnd %d), want 100", got, mid, h.rampEnd.Load())
+	}
+	// Weight 1 has nothing to ramp; off means off.
+	h.SetSlowStart(0)
+	h.SetHealth(false, "down")
+	h.SetHealth(true, "up")
+	if got := h.EffectiveWeight(); got != 100 {
+		t.Fatalf("slow start off: %d", got)
+	}
+}
+
+// TestSlowStartDistribution measures the ramp through picks: a host that
+// just came back gets far less than its share, and its share grows.
+func TestSlowStartDistribution(t *testing.T) {
+	a := NewHost("a", "tcp", "10.0.0.1:1", 10)
+	b := NewHost("b", "tcp", "10.0.0.2:1", 10)
+	p := mustPool(t, "p", 0, []*Host{a, b})
+	const period = 400 * time.Millisecond
+	b.SetSlowStart(period)
+	b.SetHealth(false, "down")
+	b.SetHealth(true, "back")
+	share := func() float64 {
+		n := 0
+		for range 2000 {
+			if p.Pick(0, nil) == b {
+				n++
+			}
+		}
+		return float64(n) / 2000
+	}
+	early := share()
+	time.Sleep(period / 2)
+	middle := share()
+	time.Sleep(period)
+	late := share()
+	t.Logf("share of the slow-starting host: start %.2f, half way %.2f, after %.2f", early, middle, late)
+	if early > 0.15 || middle < early || middle > 0.45 || late < 0.49 || late > 0.51 {
+		t.Errorf("share start %.2f, half way %.2f, after %.2f; want ~0.09, ~0.35, 0.5", early, middle, late)
 	}
 }
 
@@ -180,7 +278,7 @@ func TestCountersAndFailures(t *testing.T) {
 	h.ConnectFailed("timeout after 1s", now)
 
 	want := HostStats{
-		ID: "a", Network: "tcp", Address: "10.0.0.1:6379", Weight: 3, State: StateUp,
+		ID: "a", Network: "tcp", Address: "10.0.0.1:6379", Weight: 3, State: StateUp, Healthy: true,
 		Since: h.Since(), FailCount: 2, LastFailure: now, LastFailReason: "timeout after 1s",
 		Active: 1, Total: 2, BytesToHost: 11, BytesFromHost: 22,
 	}

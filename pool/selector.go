@@ -72,12 +72,20 @@ func (s *smoothWRR) pickEligible(hosts []*Host, _ uint64, skip func(*Host) bool,
 		s.cur = make([]int64, len(hosts))
 	}
 	best := -1
-	var total int64
+	var total, now int64
 	for i, h := range hosts {
 		// The state and weight are read once each, inline: this loop is the
 		// hot path and an indirect call per host doubled its cost.
 		st := State(h.state.Load())
 		w := int64(h.weight.Load())
+		if end := h.rampEnd.Load(); end != 0 {
+			// Slow start: the clock is read once per pick, and only
+			// while some host ramps.
+			if now == 0 {
+				now = monoNow()
+			}
+			w = h.rampWeight(w, end, now)
+		}
 		if w <= 0 || (st != StateUp && !(tryAll && st == StateDown)) {
 			continue
 		}
