@@ -93,7 +93,11 @@ func (p *Passive) Failed(h *pool.Host, reason string) {
 	ph.n = 0
 	p.mu.Unlock()
 
-	why := fmt.Sprintf("%d failed connects in %v: %s", n, ft, reason)
+	plural := "s"
+	if n == 1 {
+		plural = ""
+	}
+	why := fmt.Sprintf("%d failed connect%s in %v: %s", n, plural, ft, reason)
 	if !apply(p.sink, t, false, why) {
 		return // already down
 	}
@@ -112,6 +116,13 @@ func (p *Passive) Failed(h *pool.Host, reason string) {
 // and a host that passive health took down (and that has no active check)
 // is up again.
 func (p *Passive) Succeeded(h *pool.Host) {
+	// Hot path: called on every successful connect. A host with no failure
+	// on record (the common case) costs one atomic load and no lock; a
+	// host that passive health took down has a non-zero count (Failed
+	// recorded it), so it still reaches the revive below.
+	if h.FailCount() == 0 {
+		return
+	}
 	p.mu.Lock()
 	ph := p.hosts[h]
 	if ph == nil || (ph.n == 0 && ph.downUntil.IsZero()) {

@@ -28,12 +28,12 @@ type Host struct {
 	bytesToHost   atomic.Uint64
 	bytesFromHost atomic.Uint64
 
-	mu             sync.Mutex // guards the fields below and writes to state
-	healthy        bool       // health: set by checks and passive health
-	admin          State      // StateUp (none), StateManualDown or StateDraining
-	reason         string     // reason of the last change of the effective state
-	since          time.Time  // time of the last change of the effective state
-	failCount      int
+	mu             sync.Mutex   // guards the fields below and writes to state
+	healthy        bool         // health: set by checks and passive health
+	admin          State        // StateUp (none), StateManualDown or StateDraining
+	reason         string       // reason of the last change of the effective state
+	since          time.Time    // time of the last change of the effective state
+	failCount      atomic.Int64 // written with mu held; read lock-free
 	lastFailure    time.Time
 	lastFailReason string
 }
@@ -270,7 +270,7 @@ func (h *Host) AddBytes(toHost, fromHost uint64) {
 // whether to mark the host down.
 func (h *Host) ConnectFailed(reason string, now time.Time) {
 	h.mu.Lock()
-	h.failCount++
+	h.failCount.Add(1)
 	h.lastFailure = now
 	h.lastFailReason = reason
 	h.mu.Unlock()
@@ -280,15 +280,13 @@ func (h *Host) ConnectFailed(reason string, now time.Time) {
 // connect or when the host comes back up. The last failure is kept for display.
 func (h *Host) ResetFails() {
 	h.mu.Lock()
-	h.failCount = 0
+	h.failCount.Store(0)
 	h.mu.Unlock()
 }
 
 // FailCount returns the number of failed connects since the last ResetFails.
 func (h *Host) FailCount() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.failCount
+	return int(h.failCount.Load())
 }
 
 // Stats returns a copy of the host's state and counters.
@@ -308,7 +306,7 @@ func (h *Host) Stats() HostStats {
 	st.Healthy = h.healthy
 	st.Reason = h.reason
 	st.Since = h.since
-	st.FailCount = h.failCount
+	st.FailCount = int(h.failCount.Load())
 	st.LastFailure = h.lastFailure
 	st.LastFailReason = h.lastFailReason
 	h.mu.Unlock()

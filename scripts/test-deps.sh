@@ -9,8 +9,11 @@ declare -A need=(
   [redis-cli]=redis-tools
   [redis-benchmark]=redis-tools
   [curl]=curl
+  [mariadbd]=mariadb-server
+  [mariadb-install-db]=mariadb-server
 )
 missing=()
+export PATH="$PATH:/usr/sbin:/sbin"
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
 done
@@ -28,5 +31,5 @@ $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packaged redis-server service is not needed: tests start their own.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
+  $sudo systemctl disable --now redis-server mariadb >/dev/null 2>&1 || true
 fi

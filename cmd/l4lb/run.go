@@ -6,14 +6,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/l4lb/l4lb/internal/config"
 	"github.com/l4lb/l4lb/internal/logkey"
-	"github.com/l4lb/l4lb/internal/proxy"
-	"github.com/l4lb/l4lb/pool"
+	"github.com/l4lb/l4lb/internal/server"
 	"github.com/rs/zerolog"
 )
 
@@ -45,21 +43,14 @@ func run(path string, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger(cfg.Log, stderr)
-
-	ups := buildUpstreams(cfg)
-	var lns []*proxy.Listener
-	for _, lc := range cfg.Listeners {
-		l, err := proxy.Listen(lc.Name, lc.Network, lc.Address, settings(lc, cfg.Upstreams[lc.Upstream], ups[lc.Upstream]), log)
-		if err != nil {
-			log.Error().Err(err).Str(logkey.Listener, lc.Name).Msg("cannot listen")
-			for _, l := range lns {
-				l.Close()
-			}
-			return 1
-		}
-		lns = append(lns, l)
-		log.Info().Str(logkey.Listener, lc.Name).Str(logkey.Address, l.Addr().String()).
-			Str(logkey.Upstream, lc.Upstream).Msg("listening")
+	srv, err := server.New(cfg, log)
+	if err != nil {
+		printConfigErrors(stderr, err)
+		return 1
+	}
+	if err := srv.Bind(); err != nil {
+		log.Error().Err(err).Msg("cannot listen")
+		return 1
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -68,72 +59,27 @@ func run(path string, stderr io.Writer) int {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	var wg sync.WaitGroup
-	for _, l := range lns {
-		wg.Add(1)
-		go runListener(ctx, l, &wg, log)
-	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
 	log.Info().Str(logkey.Version, versionString()).Str(logkey.Config, path).Msg("l4lb ready")
 
-	for done := false; !done; {
+	for {
 		select {
 		case <-hup:
 			log.Warn().Msg("SIGHUP: reload is not supported in this version; keeping the running config")
+			continue
 		case <-ctx.Done():
-			done = true
-		}
-	}
-	log.Info().Msg("shutting down: no new connections; draining")
-	start := time.Now()
-	wg.Wait()
-	log.Info().Float64(logkey.Duration, time.Since(start).Seconds()).Msg("stopped")
-	return 0
-}
-
-func runListener(ctx context.Context, l *proxy.Listener, wg *sync.WaitGroup, log zerolog.Logger) {
-	defer wg.Done()
-	if err := l.Run(ctx); err != nil {
-		log.Error().Err(err).Str(logkey.Listener, l.Name()).Msg("listener stopped")
-	}
-}
-
-// buildUpstreams turns the validated config into live upstreams.
-func buildUpstreams(cfg *config.Config) map[string]*pool.Upstream {
-	ups := make(map[string]*pool.Upstream, len(cfg.Upstreams))
-	for name, uc := range cfg.Upstreams {
-		var pools []*pool.Pool
-		for _, pc := range uc.Pools {
-			hosts := make([]*pool.Host, 0, len(pc.Hosts))
-			for _, hc := range pc.Hosts {
-				hosts = append(hosts, pool.NewHost(hc.ID, hc.Network, hc.Dial, *hc.Weight))
-			}
-			method := pc.Method
-			if method == "" {
-				method = uc.Method
-			}
-			p, err := pool.NewPool(pc.Name, pc.Priority, pool.Method(method), hosts)
+			log.Info().Msg("shutting down: no new connections; draining")
+			start := time.Now()
+			err := <-done
 			if err != nil {
-				// config.Load validated the method; this is a programming error.
-				panic(fmt.Sprintf("upstream %s pool %s: %v", name, pc.Name, err))
+				log.Error().Err(err).Msg("stopped with errors")
 			}
-			pools = append(pools, p)
+			log.Info().Float64(logkey.Duration, time.Since(start).Seconds()).Msg("stopped")
+			return 0
+		case err := <-done:
+			log.Error().Err(err).Msg("stopped unexpectedly")
+			return 1
 		}
-		allDown := pool.AllDownReject
-		if uc.AllDown == "try_all" {
-			allDown = pool.AllDownTryAll
-		}
-		ups[name] = pool.NewUpstream(name, pools, allDown)
-	}
-	return ups
-}
-
-func settings(lc *config.Listener, uc *config.Upstream, u *pool.Upstream) *proxy.Settings {
-	return &proxy.Settings{
-		Upstream:       u,
-		Tries:          uc.Tries,
-		ConnectTimeout: time.Duration(lc.ConnectTimeout),
-		IdleTimeout:    time.Duration(lc.IdleTimeout),
-		FinTimeout:     time.Duration(lc.FinTimeout),
-		DrainTimeout:   time.Duration(lc.DrainTimeout),
 	}
 }

@@ -354,9 +354,9 @@ address = "127.0.0.1:8500"
 	keys := []string{
 		"listener[0].protocol", "listener[0].proxy_protocol", "listener[0].allow", "listener[0].deny",
 		"listener[0].responses", "listener[0].max_sessions",
-		"upstream.redis.method", "upstream.redis.slow_start", "upstream.redis.close_on_down",
-		"upstream.redis.pool[0].method", "upstream.redis.health.type",
-		"upstream.redis.pool[1].consul", "upstream.redis.pool[1].health.type",
+		"upstream.redis.method",
+		"upstream.redis.pool[0].method",
+		"upstream.redis.pool[1].consul",
 		"control.store", "metrics.listen", "consul.address",
 	}
 	for _, k := range keys {

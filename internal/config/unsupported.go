@@ -50,15 +50,6 @@ func unsupported(c *Config) []error {
 		if u.Method != "" && u.Method != RoundRobin {
 			no(k+".method", fmt.Sprintf("%q", u.Method))
 		}
-		if u.SlowStart > 0 {
-			no(k+".slow_start", nil)
-		}
-		if u.CloseOnDown {
-			no(k+".close_on_down", nil)
-		}
-		if u.Health != nil && u.Health.Type != HealthNone {
-			no(k+".health.type", fmt.Sprintf("%q", u.Health.Type))
-		}
 		for i, p := range u.Pools {
 			pk := index(k+".pool", i)
 			if p.Method != "" && p.Method != RoundRobin {
@@ -66,9 +57,6 @@ func unsupported(c *Config) []error {
 			}
 			if p.Consul != nil {
 				no(pk+".consul", nil)
-			}
-			if p.Health != nil && p.Health.Type != HealthNone {
-				no(pk+".health.type", fmt.Sprintf("%q", p.Health.Type))
 			}
 		}
 	}

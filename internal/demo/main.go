@@ -51,6 +51,13 @@ drain_timeout = "2s"
 method = "round_robin"
 tries = 3
 
+[upstream.app.health]
+type = "tcp"
+interval = "300ms"
+timeout = "200ms"
+rise = 2
+fall = 2
+
 [[upstream.app.pool]]
 name = "primary"
 priority = 0
@@ -105,12 +112,13 @@ func demo(bin string) error {
 		return err
 	}
 	fmt.Printf("  l4lb (pid %d) listening on %s\n", cmd.Process.Pid, addr)
-	go showLogs(logs)
+	hostUp := make(chan string, 10)
+	go showLogs(logs, hostUp)
 
 	step("20 connections: smooth weighted round robin spreads them 3:1 inside the primary pool.")
 	show(spread(addr, 20))
 
-	step("app-1 stops. l4lb's connects to it are refused; each such try moves on to app-2, and the client never notices.")
+	step("app-1 stops. Until a check notices, a connect to it is refused and the try moves on to app-2: the client never notices. Then app-1 is marked down.")
 	app1Addr := app1.Addr()
 	app1.Close()
 	show(spread(addr, 8))
@@ -119,12 +127,19 @@ func demo(bin string) error {
 	app2.Close()
 	show(spread(addr, 8))
 
-	step("app-1 comes back on its port: traffic fails back to the primary pool.")
+	step("app-1 comes back on its port: after 2 good checks it is up, and traffic fails back to the primary pool.")
 	app1, err = testbackend.StartAt(app1Addr, testbackend.Tagger("app-1"))
 	if err != nil {
 		return err
 	}
 	defer app1.Close()
+	for host := ""; host != "app-1"; {
+		select {
+		case host = <-hostUp:
+		case <-time.After(10 * time.Second):
+			return fmt.Errorf("app-1 not marked up within 10s")
+		}
+	}
 	show(spread(addr, 8))
 
 	step("SIGTERM: l4lb stops accepting, drains, exits 0.")
@@ -155,8 +170,9 @@ func waitListening(r io.Reader) (string, *bufio.Scanner, error) {
 	return "", nil, fmt.Errorf("l4lb exited before listening")
 }
 
-// showLogs prints l4lb's warnings (failed connects and the like).
-func showLogs(sc *bufio.Scanner) {
+// showLogs prints l4lb's log but for the per-connection lines, and says on
+// hostUp which hosts came up.
+func showLogs(sc *bufio.Scanner, hostUp chan<- string) {
 	for sc.Scan() {
 		var line map[string]any
 		if json.Unmarshal(sc.Bytes(), &line) != nil {
@@ -165,6 +181,12 @@ func showLogs(sc *bufio.Scanner) {
 		}
 		if line["level"] == "info" && line["message"] == "connection closed" {
 			continue // one per connection: the tallies below say it better
+		}
+		if line["message"] == "host up" {
+			select {
+			case hostUp <- fmt.Sprint(line["host"]):
+			default:
+			}
 		}
 		fmt.Printf("  l4lb | %s: %v", line["level"], line["message"])
 		for _, k := range []string{"pool", "host", "reason", "try", "duration"} {

@@ -40,7 +40,7 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 
 	sess := splice.New(client, backend, splice.Options{IdleTimeout: s.IdleTimeout, FinTimeout: s.FinTimeout})
 	h.ConnOpened()
-	if !l.track(sess) {
+	if !l.track(sess, h) {
 		sess.Abort("shutdown: drain timeout")
 	}
 	res := sess.Run()
@@ -111,6 +111,9 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn) (n
 		d := net.Dialer{Timeout: timeout}
 		c, err := d.DialContext(ctx, h.Network, h.Address)
 		if err == nil {
+			if s.Passive != nil {
+				s.Passive.Succeeded(h)
+			}
 			return c, p, h, nil
 		}
 		if ctx.Err() != nil {
@@ -119,12 +122,13 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn) (n
 		reason := dialReason(err, timeout)
 		lastErr = fmt.Errorf("%s %s: %s", p.Name, h.ID, reason)
 		l.connectFails.Add(1)
-		if local := errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE); !local {
-			// Our own fd shortage is not the host's fault.
+		// Our own fd shortage is not the host's fault.
+		switch local := errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE); {
+		case local:
+		case s.Passive != nil:
+			s.Passive.Failed(h, reason)
+		default:
 			h.ConnectFailed(reason, time.Now())
-		}
-		if s.OnConnectFailure != nil {
-			s.OnConnectFailure(p, h, reason)
 		}
 		l.log.Warn().Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, p.Name).Str(logkey.Host, h.ID).
 			Str(logkey.Reason, reason).Int(logkey.Try, n).Int(logkey.Tries, tries).Msg("connect failed")

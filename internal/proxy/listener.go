@@ -25,9 +25,17 @@ type Settings struct {
 	IdleTimeout    time.Duration // no bytes either way; 0 means none
 	FinTimeout     time.Duration // inactivity once half-closed; 0 means IdleTimeout
 	DrainTimeout   time.Duration // on shutdown; 0 means abort at once
-	// OnConnectFailure, when set, is told of every failed connect attempt
-	// after the host has recorded it: the passive health hook.
-	OnConnectFailure func(p *pool.Pool, h *pool.Host, reason string)
+	// Passive, when set, is told of every connect attempt's outcome and
+	// records failures on the host itself. When nil the listener records
+	// failures with Host.ConnectFailed.
+	Passive Passive
+}
+
+// Passive is the passive health hook (package health's Passive satisfies
+// it). Failed must record the failure on h (Host.ConnectFailed).
+type Passive interface {
+	Failed(h *pool.Host, reason string)
+	Succeeded(h *pool.Host)
 }
 
 // Stats are a listener's counters.
@@ -51,7 +59,7 @@ type Listener struct {
 	active                                          atomic.Int64
 
 	mu       sync.Mutex
-	conns    map[*splice.Session]struct{}
+	conns    map[*splice.Session]*pool.Host
 	aborting bool           // drain timed out: sessions are aborted as they appear
 	wg       sync.WaitGroup // one per connection handler
 }
@@ -67,7 +75,7 @@ func Listen(name, network, address string, s *Settings, log zerolog.Logger) (*Li
 		name:  name,
 		ln:    ln,
 		log:   log.With().Str(logkey.Listener, name).Logger(),
-		conns: make(map[*splice.Session]struct{}),
+		conns: make(map[*splice.Session]*pool.Host),
 	}
 	l.set.Store(s)
 	return l, nil
@@ -220,14 +228,29 @@ func waitGroupDone(wg *sync.WaitGroup, done chan<- struct{}) {
 
 // track registers a live session so a drain can abort it. It returns false
 // when the drain has already timed out: the caller must not run it.
-func (l *Listener) track(s *splice.Session) bool {
+func (l *Listener) track(s *splice.Session, h *pool.Host) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.aborting {
 		return false
 	}
-	l.conns[s] = struct{}{}
+	l.conns[s] = h
 	return true
+}
+
+// AbortHost closes every connection to h with reason (close_on_down, the
+// end of a host's drain) and returns how many there were.
+func (l *Listener) AbortHost(h *pool.Host, reason string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for s, sh := range l.conns {
+		if sh == h {
+			s.Abort(reason)
+			n++
+		}
+	}
+	return n
 }
 
 func (l *Listener) untrack(s *splice.Session) {
