@@ -24,6 +24,7 @@ type Host struct {
 	rampEnd   atomic.Int64
 
 	active        atomic.Int64
+	maxConns      atomic.Int64 // 0 = no limit
 	total         atomic.Uint64
 	bytesToHost   atomic.Uint64
 	bytesFromHost atomic.Uint64
@@ -53,6 +54,7 @@ type HostStats struct {
 	LastFailure    time.Time `json:"last_failure,omitzero"`
 	LastFailReason string    `json:"last_fail_reason,omitempty"`
 	Active         int64     `json:"active"`
+	MaxConns       int       `json:"max_connections,omitempty"`
 	Total          uint64    `json:"total"`
 	BytesToHost    uint64    `json:"bytes_to_host"`
 	BytesFromHost  uint64    `json:"bytes_from_host"`
@@ -231,7 +233,44 @@ func (h *Host) Since() time.Time {
 // Usable reports whether the host takes new connections: up, with a weight
 // above zero.
 func (h *Host) Usable() bool {
-	return State(h.state.Load()) == StateUp && h.weight.Load() > 0
+	return State(h.state.Load()) == StateUp && h.weight.Load() > 0 && !h.Full()
+}
+
+// SetMaxConns limits the host's active connections; 0 = no limit. A full
+// host is skipped like a down one.
+func (h *Host) SetMaxConns(n int) { h.maxConns.Store(int64(n)) }
+
+// MaxConns returns the limit set with SetMaxConns.
+func (h *Host) MaxConns() int { return int(h.maxConns.Load()) }
+
+// Full reports whether the host has reached its connection limit.
+func (h *Host) Full() bool {
+	m := h.maxConns.Load()
+	return m > 0 && h.active.Load() >= m
+}
+
+// TryAcquire counts a new connection to the host unless that would exceed its
+// limit (then it returns false and counts nothing). Two callers racing for
+// the last slot cannot both win. Pair it with Release (the connect failed) or
+// ConnClosed.
+func (h *Host) TryAcquire() bool {
+	m := h.maxConns.Load()
+	for {
+		a := h.active.Load()
+		if m > 0 && a >= m {
+			return false
+		}
+		if h.active.CompareAndSwap(a, a+1) {
+			h.total.Add(1)
+			return true
+		}
+	}
+}
+
+// Release undoes TryAcquire for a connection that never opened.
+func (h *Host) Release() {
+	h.active.Add(-1)
+	h.total.Add(^uint64(0))
 }
 
 // revivable reports whether an AllDownTryAll upstream may pick h: up or down
@@ -307,6 +346,7 @@ func (h *Host) Stats() HostStats {
 	st.Reason = h.reason
 	st.Since = h.since
 	st.FailCount = int(h.failCount.Load())
+	st.MaxConns = h.MaxConns()
 	st.LastFailure = h.lastFailure
 	st.LastFailReason = h.lastFailReason
 	h.mu.Unlock()

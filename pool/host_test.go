@@ -3,6 +3,8 @@ package pool
 import (
 	"encoding/json"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -312,5 +314,52 @@ func TestCountersConcurrent(t *testing.T) {
 	st := h.Stats()
 	if st.Active != 0 || st.Total != n*per || st.BytesToHost != n*per || st.FailCount != n*per {
 		t.Errorf("got %+v", st)
+	}
+}
+
+// TestMaxConns: a full host is not usable and not picked; TryAcquire never
+// lets racing callers past the limit.
+func TestMaxConns(t *testing.T) {
+	a, b := NewHost("a", "tcp", "a:1", 1), NewHost("b", "tcp", "b:1", 1)
+	a.SetMaxConns(2)
+	p, err := NewPool("p", 0, MethodRoundRobin, []*Host{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.TryAcquire() || !a.TryAcquire() {
+		t.Fatal("acquire under the limit failed")
+	}
+	if a.TryAcquire() || !a.Full() || a.Usable() {
+		t.Fatal("a full host accepted another connection or looks usable")
+	}
+	for i := 0; i < 10; i++ {
+		if h := p.Pick(0, nil); h != b {
+			t.Fatalf("pick %d: %v, want b (a is full)", i, h.ID)
+		}
+	}
+	a.Release()
+	if a.Full() || !a.Usable() {
+		t.Fatal("a still full after a release")
+	}
+	if st := a.Stats(); st.Active != 1 || st.Total != 1 || st.MaxConns != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	// Racing acquirers never exceed the limit.
+	c := NewHost("c", "tcp", "c:1", 1)
+	c.SetMaxConns(5)
+	var wg sync.WaitGroup
+	var won atomic.Int64
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if c.TryAcquire() {
+				won.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if won.Load() != 5 {
+		t.Fatalf("%d acquired, limit 5", won.Load())
 	}
 }

@@ -89,6 +89,9 @@ func (s *smoothWRR) pickEligible(hosts []*Host, _ uint64, skip func(*Host) bool,
 		if w <= 0 || (st != StateUp && !(tryAll && st == StateDown)) {
 			continue
 		}
+		if m := h.maxConns.Load(); m > 0 && h.active.Load() >= m {
+			continue // full: skipped like a down host
+		}
 		if skip != nil && skip(h) {
 			continue
 		}
