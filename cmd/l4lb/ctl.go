@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -184,20 +185,11 @@ type refusal struct{ error }
 // only checks that no flag outside names was given.
 func (k *ctl) only(names ...string) error {
 	for f := range k.flags {
-		if !contains(names, f) {
+		if !slices.Contains(names, f) {
 			return usagef("--%s does not apply here", f)
 		}
 	}
 	return nil
-}
-
-func contains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // intFlag parses --name as an integer; ok is false when absent.
