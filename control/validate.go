@@ -15,7 +15,7 @@ import (
 // server before the API sees a request.
 const (
 	DefaultWeight = 1         // weight of a host added without one
-	MaxWeight     = 1_000_000 // weights are 0..MaxWeight; 0 takes no new connections
+	MaxWeight     = 1000      // weights are 0..MaxWeight, as in the config file; 0 takes no new connections
 	MaxPriority   = 1_000_000 // priorities are 0..MaxPriority; lower is used first
 	MaxTries      = 100       // tries are 0..MaxTries; 0 means the default
 	MaxNameLen    = 64        // upstream and pool names

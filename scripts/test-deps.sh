@@ -11,6 +11,7 @@ declare -A need=(
   [curl]=curl
   [mariadbd]=mariadb-server
   [mariadb-install-db]=mariadb-server
+  [haproxy]=haproxy
 )
 missing=()
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -31,5 +32,5 @@ $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packaged redis-server service is not needed: tests start their own.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  $sudo systemctl disable --now redis-server mariadb >/dev/null 2>&1 || true
+  $sudo systemctl disable --now redis-server mariadb haproxy >/dev/null 2>&1 || true
 fi

@@ -2,6 +2,7 @@
 //
 //	l4lb run   -c FILE   run with the config FILE
 //	l4lb check -c FILE   validate FILE; exit 0 and "ok", or 1 and every problem
+//	l4lb ctl ...         drive a running l4lb over its control socket
 //	l4lb version         print the version
 package main
 
@@ -22,6 +23,7 @@ const usage = `usage: l4lb <command> [flags]
 commands:
   run   -c FILE    run the balancer with the config FILE
   check -c FILE    validate FILE: prints "ok" (exit 0) or every problem (exit 1)
+  ctl ...          drive a running l4lb over its control socket (l4lb ctl help)
   version          print the version
 
 Default config file: /etc/l4lb/l4lb.toml. See config.example.toml for every key.
@@ -52,6 +54,8 @@ func mainExit(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return check(path, stdout, stderr)
+	case "ctl":
+		return ctlMain(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "l4lb", versionString())
 		return 0

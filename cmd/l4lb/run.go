@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/l4lb/l4lb/control"
 	"github.com/l4lb/l4lb/internal/config"
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/internal/server"
@@ -43,7 +44,7 @@ func run(path string, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger(cfg.Log, stderr)
-	srv, err := server.New(cfg, log)
+	srv, err := server.New(path, cfg, log)
 	if err != nil {
 		printConfigErrors(stderr, err)
 		return 1
@@ -61,19 +62,40 @@ func run(path string, stderr io.Writer) int {
 
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
+
+	// The control API stops with the listeners' context, but its own
+	// goroutine is waited for before exit.
+	ctlDone := make(chan error, 1)
+	if c := cfg.Control; c.Socket != "" {
+		cs := control.New(control.ServerConfig{Socket: c.Socket, Mode: c.FileMode, Group: c.Group, AllowUIDs: c.AllowUIDs}, srv, log)
+		go func() { ctlDone <- cs.Run(ctx) }()
+		select {
+		case <-cs.Ready():
+			log.Info().Str("socket", c.Socket).Msg("control API listening")
+		case err := <-ctlDone:
+			log.Error().Err(err).Msg("control API")
+			stop()
+			<-done
+			return 1
+		}
+	} else {
+		ctlDone <- nil
+	}
 	log.Info().Str(logkey.Version, versionString()).Str(logkey.Config, path).Msg("l4lb ready")
 
 	for {
 		select {
 		case <-hup:
-			log.Warn().Msg("SIGHUP: reload is not supported in this version; keeping the running config")
-			continue
+			srv.Reload() // logs and counts its own failure; the old config stays
 		case <-ctx.Done():
 			log.Info().Msg("shutting down: no new connections; draining")
 			start := time.Now()
 			err := <-done
 			if err != nil {
 				log.Error().Err(err).Msg("stopped with errors")
+			}
+			if err := <-ctlDone; err != nil {
+				log.Error().Err(err).Msg("control API")
 			}
 			log.Info().Float64(logkey.Duration, time.Since(start).Seconds()).Msg("stopped")
 			return 0

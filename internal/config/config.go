@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -27,12 +28,14 @@ type Log struct {
 
 // Control configures the control API socket and where live edits are kept.
 type Control struct {
-	Socket   string      `toml:"socket"`    // "" = no control API
-	Mode     string      `toml:"mode"`      // octal file mode of Socket; default "0600"
-	Group    string      `toml:"group"`     // "" = the process's group
-	StateDir string      `toml:"state_dir"` // "" = live edits are not persisted
-	Store    string      `toml:"store"`     // local | consul; default local
-	FileMode os.FileMode `toml:"-"`         // Mode, parsed
+	Socket string `toml:"socket"` // "" = no control API
+	Mode   string `toml:"mode"`   // octal file mode of Socket; default "0600"
+	Group  string `toml:"group"`  // "" = the process's group
+	// Uids allowed to connect besides root, l4lb's own uid and members of Group.
+	AllowUIDs []int       `toml:"allow_uids"`
+	StateDir  string      `toml:"state_dir"` // "" = live edits are not persisted
+	Store     string      `toml:"store"`     // local | consul; default local
+	FileMode  os.FileMode `toml:"-"`         // Mode, parsed
 }
 
 // Metrics configures the Prometheus endpoint.
@@ -56,15 +59,26 @@ type Listener struct {
 	FinTimeout     Duration `toml:"fin_timeout"`     // inactivity bound once one side half-closed; default 30s
 	DrainTimeout   Duration `toml:"drain_timeout"`   // default 30s; 0 = close at once on shutdown
 	MaxConnections int      `toml:"max_connections"` // 0 = no limit
-	ProxyProtocol  string   `toml:"proxy_protocol"`  // "" | v1 | v2
-	Allow          []string `toml:"allow"`           // CIDRs; empty = all
-	Deny           []string `toml:"deny"`            // CIDRs
-	Responses      int      `toml:"responses"`       // udp: close a session after N replies; 0 = never
-	MaxSessions    int      `toml:"max_sessions"`    // udp: session table bound; 0 = no limit
+	// Connections from one client IP at once; 0 = no limit.
+	MaxConnectionsPerClient int    `toml:"max_connections_per_client"`
+	ProxyProtocol           string `toml:"proxy_protocol"` // "" | v1 | v2: header sent to backends
+	// Read a PROXY v1/v2 header from every client (a front balancer); only
+	// peers in TrustedProxies may connect then.
+	AcceptProxyProtocol  bool     `toml:"accept_proxy_protocol"`
+	TrustedProxies       []string `toml:"trusted_proxies"`        // CIDRs or IPs; required with AcceptProxyProtocol
+	ProxyProtocolTimeout Duration `toml:"proxy_protocol_timeout"` // the header must arrive within it; default 5s
+	Allow                []string `toml:"allow"`                  // CIDRs or IPs; empty = all
+	Deny                 []string `toml:"deny"`                   // CIDRs or IPs; checked first
+	SourceAddress        string   `toml:"source_address"`         // local IP for connects to hosts; "" = the kernel's choice
+	Responses            int      `toml:"responses"`              // udp: close a session after N replies; 0 = never
+	MaxSessions          int      `toml:"max_sessions"`           // udp: session table bound; 0 = no limit
 
 	// Resolved at load.
 	Network string `toml:"-"` // "tcp", "udp" or "unix"
 	Address string `toml:"-"` // host:port, or the socket path when Network is "unix"
+	// Allow, Deny, TrustedProxies and SourceAddress, parsed.
+	AllowNets, DenyNets, TrustedNets []netip.Prefix `toml:"-"`
+	SourceIP                         netip.Addr     `toml:"-"`
 }
 
 // Upstream is a named set of pools and the rules for choosing among them.
@@ -103,7 +117,9 @@ type ConsulService struct {
 type Host struct {
 	Address string `toml:"address"` // "ip:port", "[v6]:port", "name:port" or "unix:/abs/path"
 	Weight  *int   `toml:"weight"`  // 0..1000; default 1; 0 = takes no new connections
-	ID      string `toml:"id"`      // default: Address
+	// Active connections at most; a full host is skipped like a down one. 0 = no limit.
+	MaxConnections int    `toml:"max_connections"`
+	ID             string `toml:"id"` // default: Address
 
 	// Resolved at load.
 	Network string `toml:"-"` // "tcp" or "unix"

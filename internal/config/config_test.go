@@ -133,6 +133,14 @@ func TestBadConfigs(t *testing.T) {
 			"listener[1].listen", 15, "already used by listener[0]"},
 		{"listen host name", strings.Replace(base, `127.0.0.1:6380`, `localhost:6380`, 1),
 			"listener[0].listen", 4, "must be an IP address"},
+		{"allow not a cidr", strings.Replace(base, `upstream = "redis"`, "upstream = \"redis\"\nallow = [\"10.0.0.0/8\", \"10.0.0.300/8\"]", 1),
+			"listener[0].allow[1]", 6, "want a CIDR"},
+		{"accept proxy without trusted", strings.Replace(base, `upstream = "redis"`, "upstream = \"redis\"\naccept_proxy_protocol = true", 1),
+			"listener[0].trusted_proxies", 0, "required with accept_proxy_protocol"},
+		{"bad source address", strings.Replace(base, `upstream = "redis"`, "upstream = \"redis\"\nsource_address = \"eth0\"", 1),
+			"listener[0].source_address", 6, "want an IP address"},
+		{"negative per-client limit", strings.Replace(base, `upstream = "redis"`, "upstream = \"redis\"\nmax_connections_per_client = -1", 1),
+			"listener[0].max_connections_per_client", 6, "must be >= 0"},
 		{"listen port too big", strings.Replace(base, `127.0.0.1:6380`, `127.0.0.1:70000`, 1),
 			"listener[0].listen", 4, "port must be 1..65535"},
 		{"listen no port", strings.Replace(base, `127.0.0.1:6380`, `127.0.0.1`, 1),
@@ -352,7 +360,7 @@ address = "127.0.0.1:8500"
 `
 	_, err := parseTest(src)
 	keys := []string{
-		"listener[0].protocol", "listener[0].proxy_protocol", "listener[0].allow", "listener[0].deny",
+		"listener[0].protocol",
 		"listener[0].responses", "listener[0].max_sessions",
 		"upstream.redis.method",
 		"upstream.redis.pool[0].method",
@@ -387,7 +395,8 @@ func TestDefaults(t *testing.T) {
 	want := Listener{Name: "redis", Listen: "127.0.0.1:6380", Protocol: TCP, Upstream: "redis",
 		ConnectTimeout: Duration(5 * time.Second), IdleTimeout: Duration(time.Hour),
 		FinTimeout: Duration(30 * time.Second), DrainTimeout: Duration(30 * time.Second),
-		Network: "tcp", Address: "127.0.0.1:6380"}
+		ProxyProtocolTimeout: Duration(5 * time.Second),
+		Network:              "tcp", Address: "127.0.0.1:6380"}
 	if !reflect.DeepEqual(*l, want) {
 		t.Errorf("listener =\n%+v\nwant\n%+v", *l, want)
 	}

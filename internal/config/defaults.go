@@ -53,6 +53,7 @@ func (c *Config) setDefaults(has func(key string) bool) {
 		dur(has, k+".idle_timeout", &l.IdleTimeout, idle)
 		dur(has, k+".fin_timeout", &l.FinTimeout, defaultFinTimeout)
 		dur(has, k+".drain_timeout", &l.DrainTimeout, defaultDrainTimeout)
+		dur(has, k+".proxy_protocol_timeout", &l.ProxyProtocolTimeout, 5*time.Second)
 	}
 	for name, u := range c.Upstreams {
 		if u == nil {

@@ -28,15 +28,6 @@ func unsupported(c *Config) []error {
 		if l.Protocol == UDP {
 			no(k+".protocol", `"udp"`)
 		}
-		if l.ProxyProtocol != "" {
-			no(k+".proxy_protocol", nil)
-		}
-		if len(l.Allow) > 0 {
-			no(k+".allow", nil)
-		}
-		if len(l.Deny) > 0 {
-			no(k+".deny", nil)
-		}
 		if l.Responses != 0 {
 			no(k+".responses", nil)
 		}

@@ -80,11 +80,23 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 		default:
 			v.bad(k+".proxy_protocol", "unknown version %q (want \"\" | v1 | v2)", l.ProxyProtocol)
 		}
-		for j, s := range l.Allow {
-			v.cidr(index(k+".allow", j), s)
+		l.AllowNets = v.cidrs(k+".allow", l.Allow)
+		l.DenyNets = v.cidrs(k+".deny", l.Deny)
+		l.TrustedNets = v.cidrs(k+".trusted_proxies", l.TrustedProxies)
+		v.nonNegative(k+".max_connections_per_client", l.MaxConnectionsPerClient)
+		v.positive(k+".proxy_protocol_timeout", l.ProxyProtocolTimeout)
+		if l.AcceptProxyProtocol && len(l.TrustedProxies) == 0 {
+			v.bad(k+".trusted_proxies", "required with accept_proxy_protocol = true: the CIDRs of the front balancers whose PROXY headers are believed")
 		}
-		for j, s := range l.Deny {
-			v.cidr(index(k+".deny", j), s)
+		if !l.AcceptProxyProtocol && len(l.TrustedProxies) > 0 {
+			v.bad(k+".trusted_proxies", "only means something with accept_proxy_protocol = true")
+		}
+		if l.SourceAddress != "" {
+			if ip, err := netip.ParseAddr(l.SourceAddress); err != nil {
+				v.bad(k+".source_address", "want an IP address, got %q", l.SourceAddress)
+			} else {
+				l.SourceIP = ip
+			}
 		}
 	}
 
@@ -153,6 +165,7 @@ func (u *Upstream) validate(v *validator, name string) {
 			if w := h.W(); w < 0 || w > 1000 {
 				v.bad(hk+".weight", "must be 0..1000, got %d", w)
 			}
+			v.nonNegative(hk+".max_connections", h.MaxConnections)
 			if h.ID == "" {
 				continue // no address either, already reported
 			}
@@ -278,10 +291,36 @@ func (v *validator) nonNegative(key string, n int) {
 	}
 }
 
-func (v *validator) cidr(key, s string) {
-	if _, err := netip.ParsePrefix(s); err != nil {
-		v.bad(key, "want a CIDR such as \"10.0.0.0/8\", got %q", s)
+// cidrs parses CIDRs; a bare IP means that address alone (/32 or /128).
+func (v *validator) cidrs(key string, ss []string) []netip.Prefix {
+	var out []netip.Prefix
+	for j, s := range ss {
+		p, err := ParsePrefix(s)
+		if err != nil {
+			v.bad(index(key, j), "want a CIDR such as \"10.0.0.0/8\" or an IP address, got %q", s)
+			continue
+		}
+		out = append(out, p)
 	}
+	return out
+}
+
+// ParsePrefix parses a CIDR, or an IP address as the prefix of that address
+// alone. IPv4-mapped IPv6 forms are unmapped, so "::ffff:10.0.0.1" matches
+// an IPv4 client.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if ip, err := netip.ParseAddr(s); err == nil {
+		ip = ip.Unmap()
+		return netip.PrefixFrom(ip, ip.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return p, err
+	}
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
 }
 
 func oneOf[T ~string](v *validator, key string, x T, known []T) {
@@ -380,4 +419,12 @@ func (v *validator) host(s string) (network, dial string, err error) {
 		}
 	}
 	return "", "", fmt.Errorf("resolve %q: no IP address", host)
+}
+
+// ResolveHost parses a backend address as the config file takes it
+// ("ip:port", "[v6]:port", "name:port" resolved now, "unix:/path") and
+// returns what to dial. The control API uses it for hosts added live.
+func ResolveHost(ctx context.Context, address string) (network, dial string, err error) {
+	v := &validator{r: net.DefaultResolver, ctx: ctx, names: map[string][]string{}}
+	return v.host(address)
 }

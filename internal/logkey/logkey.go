@@ -23,4 +23,6 @@ const (
 	Config    = "config"
 	Version   = "version"
 	Active    = "active"
+	Via       = "via"  // the front balancer that sent a PROXY header
+	Kind      = "kind" // what kind of refusal, error, event
 )

@@ -19,17 +19,27 @@ const defaultConnectTimeout = 5 * time.Second
 // maxTries bounds the tried-hosts array kept on the stack (config allows 1..100).
 const maxTries = 100
 
-// serveConn is the body of one connection's goroutine: pick and connect a
-// host (with tries), then copy both ways until the connection ends, then log
-// one line.
+// serveConn is the body of one connection's goroutine: admit the client
+// (PROXY header, access lists, per-client limit), pick and connect a host
+// (with tries), send a PROXY header if asked, then copy both ways until the
+// connection ends, then log one line.
 func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 	defer l.wg.Done()
 	defer l.active.Add(-1)
 	start := time.Now()
 	s := l.set.Load()
-	log := l.log.With().Str(logkey.Client, client.RemoteAddr().String()).Logger()
 
-	backend, p, h, err := l.connect(dialCtx, s, client)
+	cl, ok := l.admit(s, client)
+	if !ok {
+		return
+	}
+	defer l.releaseClient(s, cl)
+	log := l.log.With().Str(logkey.Client, cl.String()).Logger()
+	if cl.via.IsValid() {
+		log = log.With().Str(logkey.Via, cl.via.String()).Logger()
+	}
+
+	backend, p, h, err := l.connect(dialCtx, s, client, cl)
 	if err != nil {
 		l.noBackend.Add(1)
 		client.Close()
@@ -39,7 +49,6 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 	}
 
 	sess := splice.New(client, backend, splice.Options{IdleTimeout: s.IdleTimeout, FinTimeout: s.FinTimeout})
-	h.ConnOpened()
 	if !l.track(sess, h) {
 		sess.Abort("shutdown: drain timeout")
 	}
@@ -52,7 +61,7 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 		ev = log.Warn()
 	}
 	ev = ev.Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, p.Name).Str(logkey.Host, h.ID).
-		Uint64(logkey.BytesUp, res.AToB).Uint64(logkey.BytesDown, res.BToA).
+		Uint64(logkey.BytesUp, res.AToB+uint64(len(cl.rest))).Uint64(logkey.BytesDown, res.BToA).
 		Float64(logkey.Duration, time.Since(start).Seconds()).Str(logkey.End, endName(res)).Bool(logkey.Spliced, res.Spliced)
 	if res.Err != nil {
 		ev = ev.Str(logkey.Reason, res.Err.Error())
@@ -78,7 +87,7 @@ func endName(r splice.Result) string {
 // the next host of the same pool, then the next pool. Every failure is
 // recorded against its host and logged. The client notices nothing unless
 // every try fails.
-func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn) (net.Conn, *pool.Pool, *pool.Host, error) {
+func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl *clientInfo) (net.Conn, *pool.Pool, *pool.Host, error) {
 	tries := s.Tries
 	if tries < 1 {
 		tries = 1
@@ -90,10 +99,13 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn) (n
 	if timeout <= 0 {
 		timeout = defaultConnectTimeout
 	}
-	var tried [maxTries]*pool.Host
-	n := 0
+	// tried holds the hosts this connection has tried, and those found
+	// full when acquired (a race with another connection for the last
+	// slot): both are skipped by later picks.
+	var tried [2 * maxTries]*pool.Host
+	n, full := 0, 0
 	skip := func(h *pool.Host) bool {
-		for _, t := range tried[:n] {
+		for _, t := range tried[:n+full] {
 			if t == h {
 				return true
 			}
@@ -101,21 +113,33 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn) (n
 		return false
 	}
 	var lastErr error
-	for n < tries {
-		p, h := s.Upstream.Pick(0, skip)
+	for n < tries && n+full < len(tried) {
+		p, h := s.Upstream.Pick(cl.key, skip)
 		if h == nil {
 			break
 		}
-		tried[n] = h
+		tried[n+full] = h
+		if !h.TryAcquire() {
+			full++
+			continue
+		}
 		n++
 		d := net.Dialer{Timeout: timeout}
+		if s.SourceIP.IsValid() && h.Network == "tcp" {
+			d.LocalAddr = &net.TCPAddr{IP: s.SourceIP.AsSlice()}
+		}
 		c, err := d.DialContext(ctx, h.Network, h.Address)
 		if err == nil {
-			if s.Passive != nil {
-				s.Passive.Succeeded(h)
+			err = l.sendPreamble(s, c, client, cl, timeout)
+			if err == nil {
+				if s.Passive != nil {
+					s.Passive.Succeeded(h)
+				}
+				return c, p, h, nil
 			}
-			return c, p, h, nil
+			c.Close()
 		}
+		h.Release()
 		if ctx.Err() != nil {
 			return nil, nil, nil, errors.New("shutting down")
 		}
@@ -134,6 +158,8 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn) (n
 			Str(logkey.Reason, reason).Int(logkey.Try, n).Int(logkey.Tries, tries).Msg("connect failed")
 	}
 	switch {
+	case n == 0 && full > 0:
+		return nil, nil, nil, errors.New("every usable host is at its max_connections")
 	case n == 0:
 		return nil, nil, nil, errors.New("no usable host in any pool")
 	case n < tries:

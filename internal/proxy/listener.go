@@ -3,7 +3,9 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -25,6 +27,20 @@ type Settings struct {
 	IdleTimeout    time.Duration // no bytes either way; 0 means none
 	FinTimeout     time.Duration // inactivity once half-closed; 0 means IdleTimeout
 	DrainTimeout   time.Duration // on shutdown; 0 means abort at once
+	MaxConnections int           // at once on the listener; 0 = no limit
+	MaxPerClient   int           // at once per client IP; 0 = no limit
+	HashWithPort   bool          // hash the client's IP and port, not the IP alone
+	// Access lists, checked before any backend work: Deny first, then
+	// Allow (when not empty) must match.
+	Allow, Deny []netip.Prefix
+	// AcceptProxy reads a PROXY v1/v2 header from each client, which must
+	// come from Trusted, within ProxyTimeout (0 = 5s).
+	AcceptProxy  bool
+	Trusted      []netip.Prefix
+	ProxyTimeout time.Duration
+	SendProxy    int        // PROXY header version sent to backends: 0 (none), 1 or 2
+	SourceIP     netip.Addr // local address for connects to hosts; invalid = any
+
 	// Passive, when set, is told of every connect attempt's outcome and
 	// records failures on the host itself. When nil the listener records
 	// failures with Host.ConnectFailed.
@@ -45,6 +61,8 @@ type Stats struct {
 	NoBackend    uint64 // clients closed because no host could be connected
 	AcceptErrors uint64 // accept(2) failures (EMFILE and the like)
 	ConnectFails uint64 // failed connect attempts
+	// Clients refused before any backend work, by reason.
+	Denied, OverListenerLimit, OverClientLimit, Untrusted, BadProxyHeader uint64
 }
 
 // Listener accepts TCP (or unix stream) connections and forwards each to a
@@ -57,6 +75,9 @@ type Listener struct {
 
 	accepted, noBackend, acceptErrors, connectFails atomic.Uint64
 	active                                          atomic.Int64
+	rejected                                        [numRejects]atomic.Uint64
+	rejectLog                                       [numRejects]rateLog
+	clients                                         clientCounts
 
 	mu       sync.Mutex
 	conns    map[*splice.Session]*pool.Host
@@ -118,6 +139,12 @@ func (l *Listener) Stats() Stats {
 		NoBackend:    l.noBackend.Load(),
 		AcceptErrors: l.acceptErrors.Load(),
 		ConnectFails: l.connectFails.Load(),
+
+		Denied:            l.rejected[rejectDenied].Load(),
+		OverListenerLimit: l.rejected[rejectListenerFull].Load(),
+		OverClientLimit:   l.rejected[rejectClientFull].Load(),
+		Untrusted:         l.rejected[rejectUntrusted].Load(),
+		BadProxyHeader:    l.rejected[rejectBadHeader].Load(),
 	}
 }
 
@@ -186,6 +213,12 @@ func (l *Listener) acceptLoop(ctx, dialCtx context.Context) error {
 		}
 		delay = 0
 		l.accepted.Add(1)
+		if max := l.set.Load().MaxConnections; max > 0 && l.active.Load() >= int64(max) {
+			// Closed at once, never left waiting for a slot (SPEC §4).
+			l.reject(c, rejectListenerFull, &clientInfo{addr: addrPortOf(c.RemoteAddr()), unixStr: c.RemoteAddr().String()},
+				fmt.Sprintf("listener has %d connections open", max))
+			continue
+		}
 		l.active.Add(1)
 		l.wg.Add(1)
 		go l.serveConn(dialCtx, c)

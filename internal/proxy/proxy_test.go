@@ -650,3 +650,7 @@ func TestUnixAndIPv6(t *testing.T) {
 		}
 	})
 }
+
+func contextWithCancel() (context.Context, context.CancelFunc) {
+	return context.WithCancel(context.Background())
+}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/l4lb/l4lb/health"
@@ -26,57 +27,131 @@ import (
 // Server is one running l4lb.
 type Server struct {
 	log     zerolog.Logger
+	path    string // the config file, for reload
 	feed    *events.Feed
 	checker *health.Checker
 	passive *health.Passive
 
-	mu        sync.Mutex
+	reloadMu       sync.Mutex // one reload at a time
+	reloadFailures atomic.Uint64
+
+	mu        sync.Mutex // guards everything below
 	cfg       *config.Config
-	upstreams map[string]*upstream
-	listeners []*proxy.Listener
+	specs     specs
+	journal   []op
+	live      map[string]*liveUpstream
+	drains    map[*pool.Host]*drain
+	drainKick chan struct{}
+	lns       []*runningListener
+	runCtx    context.Context // set by Run; nil before
+	stopping  bool
+	errs      chan error // Run's error channel, for listeners started by a reload
+
+	// view is what the health sink needs, published whenever it changes so
+	// that the sink never takes s.mu.
+	view atomic.Pointer[sinkView]
+	wg   sync.WaitGroup // listener goroutines
 }
 
-// upstream is a live upstream with the config it was built from.
-type upstream struct {
-	cfg *config.Upstream
-	up  *pool.Upstream
+type sinkView struct {
+	closeOnDown map[string]bool // by upstream
+	listeners   []*proxy.Listener
 }
 
-// New builds the server for cfg. It starts nothing and binds nothing.
-func New(cfg *config.Config, log zerolog.Logger) (*Server, error) {
-	s := &Server{log: log, feed: events.New(1000)}
+// publishView refreshes the sink's view. s.mu held.
+func (s *Server) publishView() {
+	v := &sinkView{closeOnDown: map[string]bool{}, listeners: s.listenersLocked()}
+	for name, lu := range s.live {
+		v.closeOnDown[name] = lu.spec.Cfg.CloseOnDown
+	}
+	s.view.Store(v)
+}
+
+type runningListener struct {
+	l      *proxy.Listener
+	lc     *config.Listener
+	cancel context.CancelFunc
+}
+
+// New builds the server for cfg, read from path (kept for reload; "" means
+// no reload), with the saved live edits replayed on top. It starts nothing
+// and binds nothing.
+func New(path string, cfg *config.Config, log zerolog.Logger) (*Server, error) {
+	if err := checkHealthConfigs(cfg); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		log: log, path: path, feed: events.New(1000), cfg: cfg,
+		live: map[string]*liveUpstream{}, drains: map[*pool.Host]*drain{}, drainKick: make(chan struct{}, 1),
+	}
 	s.checker = health.NewChecker(sink{s})
 	s.passive = health.NewPassive(sink{s})
-	ups, targets, err := buildUpstreams(cfg)
+	journal, err := loadJournal(s.journalPath())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("saved edits: %w (move the file away to start from the config file alone)", err)
 	}
-	s.cfg, s.upstreams = cfg, ups
-	if err := s.checker.Set(targets); err != nil {
-		return nil, err
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next, kept := s.replay(specsFromConfig(cfg), journal)
+	if len(kept) != len(journal) {
+		if err := saveJournal(s.journalPath(), kept); err != nil {
+			return nil, err
+		}
 	}
-	s.passive.Set(targets)
+	if len(kept) > 0 {
+		log.Info().Int(logkey.Count, len(kept)).Str("file", s.journalPath()).Msg("live edits restored")
+	}
+	s.journal = kept
+	s.apply(next)
 	return s, nil
+}
+
+// checkHealthConfigs validates every pool's active check.
+func checkHealthConfigs(cfg *config.Config) error {
+	var errs []error
+	for name, uc := range cfg.Upstreams {
+		for _, pc := range uc.Pools {
+			hc := uc.Health
+			if pc.Health != nil {
+				hc = pc.Health
+			}
+			if err := healthConfig(hc).Validate(); err != nil {
+				errs = append(errs, fmt.Errorf("upstream %s pool %s: %w", name, pc.Name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Events returns the server's event feed.
 func (s *Server) Events() *events.Feed { return s.feed }
 
+// ReloadFailures counts failed reloads.
+func (s *Server) ReloadFailures() uint64 { return s.reloadFailures.Load() }
+
 // Upstream returns the live upstream called name, or nil.
-func (s *Server) Upstream(name string) *pool.Upstream {
+func (s *Server) LiveUpstream(name string) *pool.Upstream {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if u := s.upstreams[name]; u != nil {
+	if u := s.live[name]; u != nil {
 		return u.up
 	}
 	return nil
 }
 
-// Listeners returns the bound listeners.
+// Listeners returns the listeners, in config order.
 func (s *Server) Listeners() []*proxy.Listener {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]*proxy.Listener(nil), s.listeners...)
+	return s.listenersLocked()
+}
+
+func (s *Server) listenersLocked() []*proxy.Listener {
+	out := make([]*proxy.Listener, len(s.lns))
+	for i, rl := range s.lns {
+		out[i] = rl.l
+	}
+	return out
 }
 
 // Bind opens every listener's socket; on any failure it closes those it
@@ -84,53 +159,88 @@ func (s *Server) Listeners() []*proxy.Listener {
 func (s *Server) Bind() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var lns []*proxy.Listener
+	var lns []*runningListener
 	for _, lc := range s.cfg.Listeners {
-		u := s.upstreams[lc.Upstream]
-		l, err := proxy.Listen(lc.Name, lc.Network, lc.Address, s.settings(lc, u), s.log)
+		l, err := s.listen(lc)
 		if err != nil {
-			for _, l := range lns {
-				l.Close()
+			for _, rl := range lns {
+				rl.l.Close()
 			}
-			return fmt.Errorf("listener %s: %w", lc.Name, err)
+			return err
 		}
-		lns = append(lns, l)
-		s.log.Info().Str(logkey.Listener, lc.Name).Str(logkey.Address, l.Addr().String()).
-			Str(logkey.Upstream, lc.Upstream).Msg("listening")
+		lns = append(lns, &runningListener{l: l, lc: lc})
 	}
-	s.listeners = lns
+	s.lns = lns
+	s.publishView()
 	return nil
 }
 
-func (s *Server) settings(lc *config.Listener, u *upstream) *proxy.Settings {
-	return &proxy.Settings{
-		Upstream:       u.up,
-		Tries:          u.cfg.Tries,
+func (s *Server) listen(lc *config.Listener) (*proxy.Listener, error) {
+	l, err := proxy.Listen(lc.Name, lc.Network, lc.Address, s.settings(lc), s.log)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
+	}
+	s.log.Info().Str(logkey.Listener, lc.Name).Str(logkey.Address, l.Addr().String()).
+		Str(logkey.Upstream, lc.Upstream).Msg("listening")
+	return l, nil
+}
+
+// settings are a listener's settings under the current config. s.mu held.
+func (s *Server) settings(lc *config.Listener) *proxy.Settings {
+	lu := s.live[lc.Upstream]
+	uc := lu.spec.Cfg
+	set := &proxy.Settings{
+		Upstream:       lu.up,
+		Tries:          lu.spec.Tries,
 		ConnectTimeout: time.Duration(lc.ConnectTimeout),
 		IdleTimeout:    time.Duration(lc.IdleTimeout),
 		FinTimeout:     time.Duration(lc.FinTimeout),
 		DrainTimeout:   time.Duration(lc.DrainTimeout),
+		MaxConnections: lc.MaxConnections,
+		MaxPerClient:   lc.MaxConnectionsPerClient,
+		HashWithPort:   uc.HashKey == config.SourceIPPort,
+		Allow:          lc.AllowNets,
+		Deny:           lc.DenyNets,
+		AcceptProxy:    lc.AcceptProxyProtocol,
+		Trusted:        lc.TrustedNets,
+		ProxyTimeout:   time.Duration(lc.ProxyProtocolTimeout),
+		SourceIP:       lc.SourceIP,
 		Passive:        s.passive,
 	}
+	switch lc.ProxyProtocol {
+	case "v1":
+		set.SendProxy = 1
+	case "v2":
+		set.SendProxy = 2
+	}
+	return set
 }
 
 // Run serves until ctx is done, then lets every listener drain, stops the
 // health checks, and returns once every goroutine has ended.
 func (s *Server) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	errs := make(chan error, len(s.listeners)+2)
-	for _, l := range s.Listeners() {
-		wg.Add(1)
-		go runListener(ctx, l, &wg, errs)
+	errs := make(chan error, 64)
+	s.mu.Lock()
+	s.runCtx = ctx
+	for _, rl := range s.lns {
+		s.startListener(rl, errs)
 	}
-	// Health checks run until the listeners are done draining: a host
-	// must not be thought up for lack of checks while connections finish.
+	s.errs = errs
+	s.mu.Unlock()
+	// Health checks and drains run until the listeners are done draining:
+	// a host must not be thought up for lack of checks while connections
+	// finish.
 	hctx, stopHealth := context.WithCancel(context.WithoutCancel(ctx))
 	var hwg sync.WaitGroup
-	hwg.Add(2)
+	hwg.Add(3)
 	go runHealth(hctx, s.checker.Run, &hwg, errs)
 	go runHealth(hctx, s.passive.Run, &hwg, errs)
-	wg.Wait()
+	go runDrains(s, hctx.Done(), &hwg)
+	<-ctx.Done()
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	s.wg.Wait()
 	stopHealth()
 	hwg.Wait()
 	close(errs)
@@ -141,17 +251,112 @@ func (s *Server) Run(ctx context.Context) error {
 	return errors.Join(all...)
 }
 
+// startListener runs rl under its own context, a child of Run's. s.mu held.
+func (s *Server) startListener(rl *runningListener, errs chan<- error) {
+	lctx, cancel := context.WithCancel(s.runCtx)
+	rl.cancel = cancel
+	s.wg.Add(1)
+	go runListener(lctx, rl.l, &s.wg, errs)
+}
+
+func runDrains(s *Server, done <-chan struct{}, wg *sync.WaitGroup) {
+	defer wg.Done()
+	s.drainLoop(done)
+}
+
+// listenerPlan is what a reload does to the listeners.
+type listenerPlan struct {
+	keep  map[*runningListener]*config.Listener // same address: new settings
+	added []*runningListener                    // bound, not yet running
+	gone  []*runningListener                    // to stop (they drain)
+	order []*runningListener
+}
+
+// planListeners binds the listeners a new config adds; on failure it closes
+// them again and nothing has changed.
+func (s *Server) planListeners(cfg *config.Config, next specs) (*listenerPlan, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return nil, errors.New("shutting down")
+	}
+	plan := &listenerPlan{keep: map[*runningListener]*config.Listener{}}
+	byName := map[string]*runningListener{}
+	for _, rl := range s.lns {
+		byName[rl.lc.Name] = rl
+	}
+	used := map[*runningListener]bool{}
+	for _, lc := range cfg.Listeners {
+		if rl := byName[lc.Name]; rl != nil && rl.lc.Network == lc.Network && rl.lc.Address == lc.Address {
+			plan.keep[rl] = lc
+			used[rl] = true
+			plan.order = append(plan.order, rl)
+			continue
+		}
+		l, err := proxy.Listen(lc.Name, lc.Network, lc.Address, &proxy.Settings{}, s.log)
+		if err != nil {
+			for _, rl := range plan.added {
+				rl.l.Close()
+			}
+			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
+		rl := &runningListener{l: l, lc: lc}
+		plan.added = append(plan.added, rl)
+		plan.order = append(plan.order, rl)
+	}
+	for _, rl := range s.lns {
+		if !used[rl] {
+			plan.gone = append(plan.gone, rl)
+		}
+	}
+	return plan, nil
+}
+
+// switchListeners carries out a plan after the new config is in force.
+func (s *Server) switchListeners(plan *listenerPlan) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for rl, lc := range plan.keep {
+		rl.lc = lc
+		rl.l.Set(s.settings(lc))
+	}
+	for _, rl := range plan.added {
+		rl.l.Set(s.settings(rl.lc))
+		s.log.Info().Str(logkey.Listener, rl.lc.Name).Str(logkey.Address, rl.l.Addr().String()).
+			Str(logkey.Upstream, rl.lc.Upstream).Msg("listening")
+		if s.runCtx != nil {
+			s.startListener(rl, s.errs)
+		}
+	}
+	for _, rl := range plan.gone {
+		s.log.Info().Str(logkey.Listener, rl.lc.Name).Msg("listener removed by reload: draining")
+		if rl.cancel != nil {
+			rl.cancel()
+		} else {
+			rl.l.Close()
+		}
+	}
+	s.lns = plan.order
+	s.publishView()
+}
+
 func runListener(ctx context.Context, l *proxy.Listener, wg *sync.WaitGroup, errs chan<- error) {
 	defer wg.Done()
 	if err := l.Run(ctx); err != nil {
-		errs <- fmt.Errorf("listener %s: %w", l.Name(), err)
+		select {
+		case errs <- fmt.Errorf("listener %s: %w", l.Name(), err):
+		default:
+		}
 	}
 }
 
 func runHealth(ctx context.Context, run func(context.Context) error, wg *sync.WaitGroup, errs chan<- error) {
 	defer wg.Done()
 	if err := run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		errs <- err
+		select {
+		case errs <- err:
+		default:
+		}
 	}
 }
 
@@ -171,14 +376,13 @@ func (k sink) HealthChanged(t *health.Target, up bool, reason string) {
 	if up {
 		return
 	}
-	s.mu.Lock()
-	u := s.upstreams[t.Upstream]
-	closeOnDown := u != nil && u.cfg.CloseOnDown
-	lns := s.listeners
-	s.mu.Unlock()
-	if !closeOnDown {
+	// No s.mu here: the checker calls this from a probe loop, and an edit
+	// holding s.mu may be waiting in Checker.Set for that loop to end.
+	v := s.view.Load()
+	if v == nil || !v.closeOnDown[t.Upstream] {
 		return
 	}
+	lns := v.listeners
 	n := 0
 	for _, l := range lns {
 		n += l.AbortHost(t.Host, "host down: "+reason)
@@ -187,52 +391,6 @@ func (k sink) HealthChanged(t *health.Target, up bool, reason string) {
 		s.log.Info().Str(logkey.Upstream, t.Upstream).Str(logkey.Pool, t.Pool).Str(logkey.Host, t.Host.ID).
 			Int(logkey.Count, n).Msg("close_on_down: closed the host's connections")
 	}
-}
-
-// buildUpstreams turns the validated config into live upstreams and the
-// health targets for their hosts.
-func buildUpstreams(cfg *config.Config) (map[string]*upstream, []*health.Target, error) {
-	ups := make(map[string]*upstream, len(cfg.Upstreams))
-	var targets []*health.Target
-	var errs []error
-	for name, uc := range cfg.Upstreams {
-		var pools []*pool.Pool
-		for _, pc := range uc.Pools {
-			check := healthConfig(uc.Health)
-			if pc.Health != nil {
-				check = healthConfig(pc.Health)
-			}
-			if err := check.Validate(); err != nil {
-				errs = append(errs, fmt.Errorf("upstream %s pool %s: %w", name, pc.Name, err))
-			}
-			hosts := make([]*pool.Host, 0, len(pc.Hosts))
-			for _, hc := range pc.Hosts {
-				h := pool.NewHost(hc.ID, hc.Network, hc.Dial, hc.W())
-				h.SetSlowStart(time.Duration(uc.SlowStart))
-				hosts = append(hosts, h)
-				targets = append(targets, &health.Target{
-					Upstream: name, Pool: pc.Name, Host: h, Check: check,
-					MaxFails: uc.MaxFails, FailTimeout: time.Duration(uc.FailTimeout),
-				})
-			}
-			method := pc.Method
-			if method == "" {
-				method = uc.Method
-			}
-			p, err := pool.NewPool(pc.Name, pc.Priority, pool.Method(method), hosts)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("upstream %s pool %s: %w", name, pc.Name, err))
-				continue
-			}
-			pools = append(pools, p)
-		}
-		allDown, err := pool.ParseAllDown(string(uc.AllDown))
-		if err != nil {
-			errs = append(errs, fmt.Errorf("upstream %s: %w", name, err))
-		}
-		ups[name] = &upstream{cfg: uc, up: pool.NewUpstream(name, pools, allDown)}
-	}
-	return ups, targets, errors.Join(errs...)
 }
 
 // healthConfig maps the TOML health table (nil: no active check) to the

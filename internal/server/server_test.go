@@ -42,7 +42,7 @@ func startServer(t *testing.T, toml string) *running {
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	s, err := New(cfg, logger())
+	s, err := New("", cfg, logger())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,232 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/l4lb/l4lb/control"
+	"github.com/l4lb/l4lb/internal/config"
+	"github.com/l4lb/l4lb/internal/events"
+	"github.com/l4lb/l4lb/internal/logkey"
+)
+
+// Server implements the control API over its live specs.
+var _ control.API = (*Server)(nil)
+
+// edit applies one op: on a copy of the specs (which validates), then to
+// the journal on disk, then to the running pools. Any failure before the
+// last step changes nothing.
+func (s *Server) edit(o op) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := s.specs.clone()
+	if err := s.applyOp(next, o); err != nil {
+		return err
+	}
+	journal := compact(append(append([]op(nil), s.journal...), o))
+	if err := saveJournal(s.journalPath(), journal); err != nil {
+		return fmt.Errorf("saving the edit under %s: %v: %w", s.cfg.Control.StateDir, err, control.ErrUnavailable)
+	}
+	s.journal = journal
+	s.apply(next)
+	return nil
+}
+
+func (s *Server) resolve(addr string) (string, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return config.ResolveHost(ctx, addr)
+}
+
+// Upstreams returns every upstream, sorted by name.
+func (s *Server) Upstreams() []control.Upstream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.specs))
+	for n := range s.specs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]control.Upstream, 0, len(names))
+	for _, n := range names {
+		out = append(out, s.specs[n].view(s.live[n]))
+	}
+	return out
+}
+
+// Upstream returns one upstream.
+func (s *Server) Upstream(name string) (control.Upstream, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u, err := s.specs.upstream(name)
+	if err != nil {
+		return control.Upstream{}, err
+	}
+	return u.view(s.live[name]), nil
+}
+
+// PutUpstream creates or replaces an upstream whole.
+func (s *Server) PutUpstream(u control.Upstream) (bool, error) {
+	s.mu.Lock()
+	_, exists := s.specs[u.Name]
+	s.mu.Unlock()
+	if err := s.edit(op{Op: opPutUpstream, Upstream: u.Name, Body: &u}); err != nil {
+		return false, err
+	}
+	return !exists, nil
+}
+
+// DeleteUpstream removes an upstream no listener uses; its hosts drain.
+func (s *Server) DeleteUpstream(name string) error {
+	return s.edit(op{Op: opDeleteUpstream, Upstream: name})
+}
+
+// AddPool adds an empty pool.
+func (s *Server) AddPool(upstream string, p control.PoolSpec) error {
+	return s.edit(op{Op: opAddPool, Upstream: upstream, PoolSpec: &p})
+}
+
+// PatchPool changes a pool's priority or method.
+func (s *Server) PatchPool(upstream, pl string, p control.PoolPatch) error {
+	return s.edit(op{Op: opPatchPool, Upstream: upstream, Pool: pl, PoolSet: &p})
+}
+
+// DeletePool removes a pool; its hosts drain.
+func (s *Server) DeletePool(upstream, pl string) error {
+	return s.edit(op{Op: opDeletePool, Upstream: upstream, Pool: pl})
+}
+
+// AddHost adds a host to a pool.
+func (s *Server) AddHost(upstream, pl string, h control.HostSpec) error {
+	return s.edit(op{Op: opAddHost, Upstream: upstream, Pool: pl, HostSpec: &h})
+}
+
+// PatchHost changes a host's weight.
+func (s *Server) PatchHost(upstream, pl, host string, p control.HostPatch) error {
+	return s.edit(op{Op: opPatchHost, Upstream: upstream, Pool: pl, Host: host, Weight: p.Weight})
+}
+
+// RemoveHost takes a host out at once and drains its connections.
+func (s *Server) RemoveHost(upstream, pl, host string) error {
+	return s.edit(op{Op: opRemoveHost, Upstream: upstream, Pool: pl, Host: host})
+}
+
+// HostAction sets a host manual_down, up or draining.
+func (s *Server) HostAction(upstream, pl, host string, a control.Action) error {
+	return s.edit(op{Op: opHostAction, Upstream: upstream, Pool: pl, Host: host, Action: a})
+}
+
+// Status returns every host's live state and counters.
+func (s *Server) Status() control.Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status()
+}
+
+// Subscribe streams the event feed.
+func (s *Server) Subscribe(since uint64, buf int) ([]events.Event, *events.Sub) {
+	return s.feed.Subscribe(since, buf)
+}
+
+// Reset drops every saved edit and goes back to the config file.
+func (s *Server) Reset() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := saveJournal(s.journalPath(), nil); err != nil {
+		return fmt.Errorf("clearing the saved edits: %v: %w", err, control.ErrUnavailable)
+	}
+	s.journal = nil
+	s.apply(specsFromConfig(s.cfg))
+	s.log.Info().Msg("live edits dropped: back to the config file")
+	return nil
+}
+
+// Reload re-reads the config file. It is parsed and validated whole first;
+// on any error nothing changes and the error lists every problem. On success
+// the saved edits are replayed over it (those that no longer apply are
+// dropped, with a warning), listeners that did not change keep their
+// sockets, and established connections are never touched.
+func (s *Server) Reload() error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	err := s.reload()
+	if err != nil {
+		s.reloadFailures.Add(1)
+		s.log.Error().Err(err).Msg("reload failed: keeping the running config")
+		s.feed.Publish(events.Event{Kind: events.ConfigReloadFailed, Reason: err.Error()})
+		return fmt.Errorf("%w: %w", control.ErrInvalid, err)
+	}
+	s.log.Info().Str(logkey.Config, s.path).Msg("config reloaded")
+	s.feed.Publish(events.Event{Kind: events.ConfigReloaded})
+	return nil
+}
+
+func (s *Server) reload() error {
+	if s.path == "" {
+		return errors.New("no config file to reload")
+	}
+	cfg, err := config.Load(s.path)
+	if err != nil {
+		return err
+	}
+	if err := checkHealthConfigs(cfg); err != nil {
+		return err
+	}
+	if err := sameControl(s.cfg, cfg); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	old := s.cfg
+	s.cfg = cfg // replay checks listeners of the new file
+	next, journal := s.replay(specsFromConfig(cfg), s.journal)
+	s.cfg = old
+	s.mu.Unlock()
+
+	// Listeners: bind the new ones before touching anything, so a port
+	// already taken fails the reload with nothing changed.
+	plan, err := s.planListeners(cfg, next)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.cfg = cfg
+	if len(journal) != len(s.journal) {
+		if err := saveJournal(s.journalPath(), journal); err != nil {
+			s.log.Error().Err(err).Msg("saving the journal without the edits that no longer apply")
+		}
+	}
+	s.journal = journal
+	s.apply(next)
+	s.mu.Unlock()
+	s.switchListeners(plan)
+	return nil
+}
+
+// replay applies the journal to sp, dropping (and logging) the ops that no
+// longer apply.
+func (s *Server) replay(sp specs, journal []op) (specs, []op) {
+	var kept []op
+	for _, o := range journal {
+		try := sp.clone()
+		if err := s.applyOp(try, o); err != nil {
+			s.log.Warn().Err(err).Str("op", o.Op).Str(logkey.Upstream, o.Upstream).Str(logkey.Pool, o.Pool).
+				Str(logkey.Host, o.Host).Msg("a saved edit no longer applies to the config file: dropped")
+			continue
+		}
+		sp = try
+		kept = append(kept, o)
+	}
+	return sp, kept
+}
+
+// sameControl refuses a reload that changes what a reload cannot: the
+// control socket and the state directory (restart for those).
+func sameControl(a, b *config.Config) error {
+	if a.Control.Socket != b.Control.Socket || a.Control.StateDir != b.Control.StateDir {
+		return errors.New("control.socket and control.state_dir cannot change on reload: restart l4lb to change them")
+	}
+	return nil
+}

@@ -1,0 +1,332 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/l4lb/l4lb/control"
+	"github.com/l4lb/l4lb/pool"
+)
+
+// An op is one accepted live edit, as saved in the journal. Replaying the
+// journal over the config file's specs gives the live specs: this is how
+// edits survive a restart and a reload ("edits overlay the file"), and why
+// `l4lb ctl reset` (an empty journal) goes back to the file.
+type op struct {
+	Op       string             `json:"op"`
+	Upstream string             `json:"upstream"`
+	Pool     string             `json:"pool,omitempty"`
+	Host     string             `json:"host,omitempty"`
+	Body     *control.Upstream  `json:"body,omitempty"`       // put_upstream
+	PoolSpec *control.PoolSpec  `json:"pool_spec,omitempty"`  // add_pool
+	PoolSet  *control.PoolPatch `json:"pool_patch,omitempty"` // patch_pool
+	HostSpec *control.HostSpec  `json:"host_spec,omitempty"`  // add_host
+	Weight   *int               `json:"weight,omitempty"`     // patch_host
+	Action   control.Action     `json:"action,omitempty"`     // host_action
+}
+
+const (
+	opPutUpstream    = "put_upstream"
+	opDeleteUpstream = "delete_upstream"
+	opAddPool        = "add_pool"
+	opPatchPool      = "patch_pool"
+	opDeletePool     = "delete_pool"
+	opAddHost        = "add_host"
+	opPatchHost      = "patch_host"
+	opRemoveHost     = "remove_host"
+	opHostAction     = "host_action"
+)
+
+// applyOp changes sp (a copy) as o says, validating as it goes. It is the
+// one implementation of every edit: live requests and journal replay both
+// come through here.
+func (s *Server) applyOp(sp specs, o op) error {
+	switch o.Op {
+	case opPutUpstream:
+		u, err := s.upstreamFromView(o.Upstream, *o.Body, sp[o.Upstream])
+		if err != nil {
+			return err
+		}
+		sp[o.Upstream] = u
+		return nil
+	case opDeleteUpstream:
+		if _, err := sp.upstream(o.Upstream); err != nil {
+			return err
+		}
+		for _, l := range s.cfg.Listeners {
+			if l.Upstream == o.Upstream {
+				return fmt.Errorf("upstream %q is used by listener %q: %w", o.Upstream, l.Name, control.ErrConflict)
+			}
+		}
+		delete(sp, o.Upstream)
+		return nil
+	}
+	u, err := sp.upstream(o.Upstream)
+	if err != nil {
+		return err
+	}
+	switch o.Op {
+	case opAddPool:
+		if _, err := u.pool(o.PoolSpec.Name); err == nil {
+			return fmt.Errorf("pool %q of upstream %q: %w", o.PoolSpec.Name, u.Name, control.ErrConflict)
+		}
+		if err := checkMethod("method", o.PoolSpec.Method); err != nil {
+			return err
+		}
+		u.Pools = append(u.Pools, &poolSpec{Name: o.PoolSpec.Name, Priority: o.PoolSpec.Priority, Method: o.PoolSpec.Method, Source: control.SourceAPI})
+		return nil
+	case opPatchPool, opDeletePool:
+		p, err := u.pool(o.Pool)
+		if err != nil {
+			return err
+		}
+		if o.Op == opDeletePool {
+			u.Pools = removePool(u.Pools, p)
+			return nil
+		}
+		if o.PoolSet.Priority != nil {
+			p.Priority = *o.PoolSet.Priority
+		}
+		if o.PoolSet.Method != nil {
+			if err := checkMethod("method", *o.PoolSet.Method); err != nil {
+				return err
+			}
+			p.Method = *o.PoolSet.Method
+		}
+		return nil
+	}
+	p, err := u.pool(o.Pool)
+	if err != nil {
+		return err
+	}
+	if o.Op == opAddHost {
+		h, err := hostSpecFrom(*o.HostSpec, control.SourceAPI, s.resolve)
+		if err != nil {
+			return err
+		}
+		if u.hostIDTaken(h.ID) {
+			return fmt.Errorf("host %q in upstream %q: %w", h.ID, u.Name, control.ErrConflict)
+		}
+		p.Hosts = append(p.Hosts, h)
+		return nil
+	}
+	h, i, err := p.host(o.Host)
+	if err != nil {
+		return err
+	}
+	switch o.Op {
+	case opPatchHost:
+		h.Weight = *o.Weight
+	case opRemoveHost:
+		p.Hosts = append(p.Hosts[:i], p.Hosts[i+1:]...)
+	case opHostAction:
+		switch o.Action {
+		case control.ActionDown:
+			h.Admin = pool.StateManualDown
+		case control.ActionUp:
+			h.Admin = pool.StateUp
+		case control.ActionDrain:
+			h.Admin = pool.StateDraining
+		default:
+			return &control.FieldError{Field: "action", Msg: fmt.Sprintf("unknown action %q", o.Action)}
+		}
+	default:
+		return fmt.Errorf("unknown edit %q", o.Op)
+	}
+	return nil
+}
+
+func removePool(ps []*poolSpec, p *poolSpec) []*poolSpec {
+	out := ps[:0:0]
+	for _, x := range ps {
+		if x != p {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// checkMethod refuses methods this build does not have.
+func checkMethod(field string, m pool.Method) error {
+	if m == "" {
+		return nil
+	}
+	if _, err := pool.NewSelector(m); err != nil {
+		return &control.FieldError{Field: field, Msg: fmt.Sprintf("method %q is not supported by this version", m)}
+	}
+	return nil
+}
+
+// upstreamFromView builds a spec from a PUT body. An upstream that exists
+// keeps its file settings (health, max_fails, ...); a new one gets defaults.
+func (s *Server) upstreamFromView(name string, v control.Upstream, old *upSpec) (*upSpec, error) {
+	cfg := defaultUpstreamConfig(name)
+	if old != nil {
+		cfg = old.Cfg
+	}
+	if err := checkMethod("method", v.Method); err != nil {
+		return nil, err
+	}
+	u := &upSpec{Name: name, Cfg: cfg, Method: v.Method, Tries: v.Tries, Source: control.SourceAPI}
+	if u.Method == "" {
+		u.Method = pool.MethodRoundRobin
+	}
+	if u.Tries == 0 {
+		u.Tries = cfg.Tries
+	}
+	ids := map[string]bool{}
+	for i, pv := range v.Pools {
+		if err := checkMethod(fmt.Sprintf("pools[%d].method", i), pv.Method); err != nil {
+			return nil, err
+		}
+		ps := &poolSpec{Name: pv.Name, Priority: pv.Priority, Method: pv.Method, Source: control.SourceAPI}
+		if old != nil {
+			if op, err := old.pool(pv.Name); err == nil {
+				ps.Health = op.Health
+			}
+		}
+		for j, hv := range pv.Hosts {
+			h, err := hostSpecFrom(control.HostSpec{ID: hv.ID, Address: hv.Address, Weight: hv.Weight}, control.SourceAPI, s.resolve)
+			if err != nil {
+				var fe *control.FieldError
+				if errors.As(err, &fe) {
+					fe.Field = fmt.Sprintf("pools[%d].hosts[%d].%s", i, j, fe.Field)
+				}
+				return nil, err
+			}
+			if ids[h.ID] {
+				return nil, fmt.Errorf("host %q twice in upstream %q: %w", h.ID, name, control.ErrConflict)
+			}
+			ids[h.ID] = true
+			ps.Hosts = append(ps.Hosts, h)
+		}
+		u.Pools = append(u.Pools, ps)
+	}
+	return u, nil
+}
+
+// journalFile is the saved edits: {"version": 1, "ops": [...]}.
+type journalFile struct {
+	Version int  `json:"version"`
+	Ops     []op `json:"ops"`
+}
+
+const journalName = "edits.json"
+
+func (s *Server) journalPath() string {
+	if s.cfg.Control.StateDir == "" {
+		return ""
+	}
+	return filepath.Join(s.cfg.Control.StateDir, journalName)
+}
+
+// loadJournal reads the saved edits; a missing file is an empty journal.
+func loadJournal(path string) ([]op, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var j journalFile
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if j.Version != 1 {
+		return nil, fmt.Errorf("%s: unknown version %d", path, j.Version)
+	}
+	return j.Ops, nil
+}
+
+// saveJournal writes ops atomically: a temporary file, fsync, rename over
+// the old one, fsync of the directory. A crash leaves the old or the new
+// journal, never a mix.
+func saveJournal(path string, ops []op) error {
+	if path == "" {
+		return nil
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(journalFile{Version: 1, Ops: ops}, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, journalName+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// compact drops ops that a later op makes irrelevant, so the journal does
+// not grow with every weight change: an earlier set of the same host's
+// weight or state, an earlier patch of the same pool, and everything before
+// a whole-upstream put or delete of that upstream.
+func compact(ops []op) []op {
+	keep := make([]bool, len(ops))
+	for i := range ops {
+		keep[i] = true
+	}
+	for j := len(ops) - 1; j >= 0; j-- {
+		if !keep[j] {
+			continue
+		}
+		b := ops[j]
+		for i := j - 1; i >= 0; i-- {
+			a := ops[i]
+			if !keep[i] || a.Upstream != b.Upstream {
+				continue
+			}
+			switch {
+			case b.Op == opPutUpstream || b.Op == opDeleteUpstream:
+				keep[i] = false
+			case a.Op == b.Op && a.Pool == b.Pool && a.Host == b.Host &&
+				(b.Op == opPatchHost || b.Op == opHostAction || b.Op == opPatchPool && samePatch(a, b)):
+				keep[i] = false
+			}
+		}
+	}
+	out := ops[:0:0]
+	for i, o := range ops {
+		if keep[i] {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// samePatch: a later pool patch replaces an earlier one only if it sets
+// every field the earlier one set.
+func samePatch(a, b op) bool {
+	return (a.PoolSet.Priority == nil || b.PoolSet.Priority != nil) && (a.PoolSet.Method == nil || b.PoolSet.Method != nil)
+}
