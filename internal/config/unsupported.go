@@ -25,9 +25,6 @@ func unsupported(c *Config) []error {
 	}
 	for i, l := range c.Listeners {
 		k := index("listener", i)
-		if l.Protocol == UDP {
-			no(k+".protocol", `"udp"`)
-		}
 		if l.ProxyProtocol != "" {
 			no(k+".proxy_protocol", nil)
 		}
@@ -36,12 +33,6 @@ func unsupported(c *Config) []error {
 		}
 		if len(l.Deny) > 0 {
 			no(k+".deny", nil)
-		}
-		if l.Responses != 0 {
-			no(k+".responses", nil)
-		}
-		if l.MaxSessions != 0 {
-			no(k+".max_sessions", nil)
 		}
 	}
 	for _, name := range sortedKeys(c.Upstreams) {
