@@ -329,12 +329,9 @@ func TestSyntaxError(t *testing.T) {
 
 func TestUnsupported(t *testing.T) {
 	src := strings.Replace(base, `upstream = "redis"`, `upstream = "redis"
-protocol = "udp"
 proxy_protocol = "v1"
 allow = ["10.0.0.0/8"]
-deny = ["10.0.0.1/32"]
-responses = 1
-max_sessions = 10`, 1)
+deny = ["10.0.0.1/32"]`, 1)
 	src = strings.Replace(src, `[upstream.redis]`, `[upstream.redis]
 method = "least_conn"
 slow_start = "10s"
@@ -360,8 +357,6 @@ address = "127.0.0.1:8500"
 `
 	_, err := parseTest(src)
 	keys := []string{
-		"listener[0].protocol",
-		"listener[0].responses", "listener[0].max_sessions",
 		"upstream.redis.method",
 		"upstream.redis.pool[0].method",
 		"upstream.redis.pool[1].consul",
@@ -437,6 +432,49 @@ func TestIdleTimeoutDefaultUDP(t *testing.T) {
 	c.setDefaults(func(string) bool { return false })
 	if c.Listeners[0].IdleTimeout != Duration(30*time.Second) {
 		t.Errorf("udp idle timeout = %s", c.Listeners[0].IdleTimeout)
+	}
+}
+
+// udpBase is base with its listener on udp.
+var udpBase = strings.Replace(base, `upstream = "redis"`, "upstream = \"redis\"\nprotocol = \"udp\"", 1)
+
+func TestUDPListener(t *testing.T) {
+	c, err := parseTest(strings.Replace(udpBase, `protocol = "udp"`, "protocol = \"udp\"\nresponses = 1\nmax_sessions = 1000", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.Listeners[0]
+	if l.Network != "udp" || l.Address != "127.0.0.1:6380" || l.Responses != 1 || l.MaxSessions != 1000 || l.IdleTimeout.D() != 30*time.Second {
+		t.Errorf("listener = %+v", l)
+	}
+}
+
+func TestUDPKeys(t *testing.T) {
+	unixHost := strings.Replace(udpBase, `{ address = "127.0.0.1:6379" }`, `{ address = "unix:/run/redis.sock" }`, 1)
+	tcp := func(key string) string {
+		return strings.Replace(base, `upstream = "redis"`, "upstream = \"redis\"\n"+key, 1)
+	}
+	for _, tc := range []struct{ name, src, key, msg string }{
+		{"responses on tcp", tcp("responses = 1"), "listener[0].responses", `applies to protocol = "udp" only`},
+		{"max_sessions on tcp", tcp("max_sessions = 10"), "listener[0].max_sessions", `applies to protocol = "udp" only`},
+		{"max_connections on udp", strings.Replace(udpBase, `protocol = "udp"`, "protocol = \"udp\"\nmax_connections = 5", 1),
+			"listener[0].max_connections", "use max_sessions"},
+		{"negative responses", strings.Replace(udpBase, `protocol = "udp"`, "protocol = \"udp\"\nresponses = -1", 1),
+			"listener[0].responses", ""},
+		{"negative max_sessions", strings.Replace(udpBase, `protocol = "udp"`, "protocol = \"udp\"\nmax_sessions = -1", 1),
+			"listener[0].max_sessions", ""},
+		{"unix host behind udp", unixHost, "listener[0].upstream", "needs ip:port hosts"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseTest(tc.src)
+			e := findKey(err, tc.key)
+			if e == nil || !strings.Contains(e.Msg, tc.msg) {
+				t.Fatalf("want an error at %s containing %q; got %v", tc.key, tc.msg, err)
+			}
+			if n := len(Errors(err)); n != 1 {
+				t.Errorf("%d errors, want 1:\n%v", n, err)
+			}
+		})
 	}
 }
 

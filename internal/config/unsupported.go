@@ -23,18 +23,6 @@ func unsupported(c *Config) []error {
 	if c.Consul.Address != "" {
 		no("consul.address", nil)
 	}
-	for i, l := range c.Listeners {
-		k := index("listener", i)
-		if l.Protocol == UDP {
-			no(k+".protocol", `"udp"`)
-		}
-		if l.Responses != 0 {
-			no(k+".responses", nil)
-		}
-		if l.MaxSessions != 0 {
-			no(k+".max_sessions", nil)
-		}
-	}
 	for _, name := range sortedKeys(c.Upstreams) {
 		u := c.Upstreams[name]
 		k := join("upstream", name)

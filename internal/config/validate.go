@@ -75,6 +75,18 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 		v.nonNegative(k+".max_connections", l.MaxConnections)
 		v.nonNegative(k+".responses", l.Responses)
 		v.nonNegative(k+".max_sessions", l.MaxSessions)
+		if l.Protocol == UDP {
+			if l.MaxConnections != 0 {
+				v.bad(k+".max_connections", "a udp listener has sessions, not connections: use max_sessions")
+			}
+		} else {
+			if l.Responses != 0 {
+				v.bad(k+".responses", "applies to protocol = \"udp\" only")
+			}
+			if l.MaxSessions != 0 {
+				v.bad(k+".max_sessions", "applies to protocol = \"udp\" only (a tcp listener has max_connections)")
+			}
+		}
 		switch l.ProxyProtocol {
 		case "", "v1", "v2":
 		default:
@@ -103,11 +115,32 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 	for _, name := range sortedKeys(c.Upstreams) {
 		c.Upstreams[name].validate(v, name)
 	}
+	// Hosts are resolved by now: a udp listener cannot send to a unix
+	// stream socket.
+	for i, l := range c.Listeners {
+		if u := c.Upstreams[l.Upstream]; l.Protocol == UDP && u != nil {
+			if h := u.unixHost(); h != nil {
+				v.bad(index("listener", i)+".upstream", "upstream %q has a unix socket host (%s); a udp listener needs ip:port hosts", l.Upstream, h.Address)
+			}
+		}
+	}
 
 	for _, e := range unsupported(c) {
 		v.errs = append(v.errs, e.(*Error))
 	}
 	return v.errs
+}
+
+// unixHost returns the first host of u on a unix socket, or nil.
+func (u *Upstream) unixHost() *Host {
+	for _, p := range u.Pools {
+		for _, h := range p.Hosts {
+			if h.Network == "unix" {
+				return h
+			}
+		}
+	}
+	return nil
 }
 
 func (u *Upstream) validate(v *validator, name string) {

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/l4lb/l4lb/internal/events"
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/internal/proxy"
+	"github.com/l4lb/l4lb/internal/udp"
 	"github.com/l4lb/l4lb/pool"
 	"github.com/rs/zerolog"
 )
@@ -67,8 +69,24 @@ func (s *Server) publishView() {
 	s.view.Store(v)
 }
 
+// engine is what both listener kinds are to the server: a TCP listener
+// (package proxy) or a UDP one (package udp).
+type engine interface {
+	Name() string
+	Addr() net.Addr
+	Run(ctx context.Context) error
+	Close() error
+}
+
+var (
+	_ engine = (*proxy.Listener)(nil)
+	_ engine = (*udp.Listener)(nil)
+)
+
 type runningListener struct {
-	l      *proxy.Listener
+	eng    engine
+	tcp    *proxy.Listener // one of tcp and udp is set
+	udp    *udp.Listener
 	lc     *config.Listener
 	cancel context.CancelFunc
 }
@@ -146,10 +164,26 @@ func (s *Server) Listeners() []*proxy.Listener {
 	return s.listenersLocked()
 }
 
+// listenersLocked returns the TCP listeners. s.mu held.
 func (s *Server) listenersLocked() []*proxy.Listener {
-	out := make([]*proxy.Listener, len(s.lns))
-	for i, rl := range s.lns {
-		out[i] = rl.l
+	var out []*proxy.Listener
+	for _, rl := range s.lns {
+		if rl.tcp != nil {
+			out = append(out, rl.tcp)
+		}
+	}
+	return out
+}
+
+// UDPListeners returns the UDP listeners, in config order.
+func (s *Server) UDPListeners() []*udp.Listener {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*udp.Listener
+	for _, rl := range s.lns {
+		if rl.udp != nil {
+			out = append(out, rl.udp)
+		}
 	}
 	return out
 }
@@ -161,28 +195,62 @@ func (s *Server) Bind() error {
 	defer s.mu.Unlock()
 	var lns []*runningListener
 	for _, lc := range s.cfg.Listeners {
-		l, err := s.listen(lc)
+		rl, err := s.listen(lc)
 		if err != nil {
 			for _, rl := range lns {
-				rl.l.Close()
+				rl.eng.Close()
 			}
 			return err
 		}
-		lns = append(lns, &runningListener{l: l, lc: lc})
+		lns = append(lns, rl)
 	}
 	s.lns = lns
 	s.publishView()
 	return nil
 }
 
-func (s *Server) listen(lc *config.Listener) (*proxy.Listener, error) {
-	l, err := proxy.Listen(lc.Name, lc.Network, lc.Address, s.settings(lc), s.log)
+// listen binds lc with the engine its protocol needs. s.mu held.
+func (s *Server) listen(lc *config.Listener) (*runningListener, error) {
+	rl := &runningListener{lc: lc}
+	var err error
+	if lc.Protocol == config.UDP {
+		rl.udp, err = udp.Listen(lc.Name, lc.Address, s.udpSettings(lc), s.log)
+		rl.eng = rl.udp
+	} else {
+		rl.tcp, err = proxy.Listen(lc.Name, lc.Network, lc.Address, s.settings(lc), s.log)
+		rl.eng = rl.tcp
+	}
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
 	}
-	s.log.Info().Str(logkey.Listener, lc.Name).Str(logkey.Address, l.Addr().String()).
+	s.log.Info().Str(logkey.Listener, lc.Name).Str(logkey.Address, rl.eng.Addr().String()).
 		Str(logkey.Upstream, lc.Upstream).Msg("listening")
-	return l, nil
+	return rl, nil
+}
+
+// setSettings publishes a listener's settings under the current config.
+// s.mu held.
+func (s *Server) setSettings(rl *runningListener) {
+	if rl.udp != nil {
+		rl.udp.Set(s.udpSettings(rl.lc))
+	} else {
+		rl.tcp.Set(s.settings(rl.lc))
+	}
+}
+
+// udpSettings are a UDP listener's settings under the current config.
+// s.mu held.
+func (s *Server) udpSettings(lc *config.Listener) *udp.Settings {
+	lu := s.live[lc.Upstream]
+	passive := s.passive
+	return &udp.Settings{
+		Upstream:       lu.up,
+		IdleTimeout:    time.Duration(lc.IdleTimeout),
+		Responses:      lc.Responses,
+		MaxSessions:    lc.MaxSessions,
+		HashSourcePort: lu.spec.Cfg.HashKey == config.SourceIPPort,
+		OnHostError:    func(_ *pool.Pool, h *pool.Host, reason string) { passive.Failed(h, reason) },
+	}
 }
 
 // settings are a listener's settings under the current config. s.mu held.
@@ -256,7 +324,7 @@ func (s *Server) startListener(rl *runningListener, errs chan<- error) {
 	lctx, cancel := context.WithCancel(s.runCtx)
 	rl.cancel = cancel
 	s.wg.Add(1)
-	go runListener(lctx, rl.l, &s.wg, errs)
+	go runListener(lctx, rl.eng, &s.wg, errs)
 }
 
 func runDrains(s *Server, done <-chan struct{}, wg *sync.WaitGroup) {
@@ -293,14 +361,19 @@ func (s *Server) planListeners(cfg *config.Config, next specs) (*listenerPlan, e
 			plan.order = append(plan.order, rl)
 			continue
 		}
-		l, err := proxy.Listen(lc.Name, lc.Network, lc.Address, &proxy.Settings{}, s.log)
+		var rl *runningListener
+		var err error
+		if next[lc.Upstream] == nil {
+			err = fmt.Errorf("listener %s: no upstream %q", lc.Name, lc.Upstream)
+		} else {
+			rl, err = s.bindOnly(lc)
+		}
 		if err != nil {
 			for _, rl := range plan.added {
-				rl.l.Close()
+				rl.eng.Close()
 			}
-			return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
+			return nil, err
 		}
-		rl := &runningListener{l: l, lc: lc}
 		plan.added = append(plan.added, rl)
 		plan.order = append(plan.order, rl)
 	}
@@ -318,11 +391,11 @@ func (s *Server) switchListeners(plan *listenerPlan) {
 	defer s.mu.Unlock()
 	for rl, lc := range plan.keep {
 		rl.lc = lc
-		rl.l.Set(s.settings(lc))
+		s.setSettings(rl)
 	}
 	for _, rl := range plan.added {
-		rl.l.Set(s.settings(rl.lc))
-		s.log.Info().Str(logkey.Listener, rl.lc.Name).Str(logkey.Address, rl.l.Addr().String()).
+		s.setSettings(rl)
+		s.log.Info().Str(logkey.Listener, rl.lc.Name).Str(logkey.Address, rl.eng.Addr().String()).
 			Str(logkey.Upstream, rl.lc.Upstream).Msg("listening")
 		if s.runCtx != nil {
 			s.startListener(rl, s.errs)
@@ -333,14 +406,32 @@ func (s *Server) switchListeners(plan *listenerPlan) {
 		if rl.cancel != nil {
 			rl.cancel()
 		} else {
-			rl.l.Close()
+			rl.eng.Close()
 		}
 	}
 	s.lns = plan.order
 	s.publishView()
 }
 
-func runListener(ctx context.Context, l *proxy.Listener, wg *sync.WaitGroup, errs chan<- error) {
+// bindOnly binds a listener a reload adds, with placeholder settings: the
+// real ones are set once the new config is in force (switchListeners).
+func (s *Server) bindOnly(lc *config.Listener) (*runningListener, error) {
+	rl := &runningListener{lc: lc}
+	var err error
+	if lc.Protocol == config.UDP {
+		rl.udp, err = udp.Listen(lc.Name, lc.Address, &udp.Settings{}, s.log)
+		rl.eng = rl.udp
+	} else {
+		rl.tcp, err = proxy.Listen(lc.Name, lc.Network, lc.Address, &proxy.Settings{}, s.log)
+		rl.eng = rl.tcp
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: %w", lc.Name, err)
+	}
+	return rl, nil
+}
+
+func runListener(ctx context.Context, l engine, wg *sync.WaitGroup, errs chan<- error) {
 	defer wg.Done()
 	if err := l.Run(ctx); err != nil {
 		select {
