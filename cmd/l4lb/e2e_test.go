@@ -377,3 +377,120 @@ func TestRedis(t *testing.T) {
 		}
 	}
 }
+
+// curlUnix runs real curl against the control socket and returns the HTTP
+// status and body.
+func curlUnix(t *testing.T, socket, method, path, body string) (int, string) {
+	t.Helper()
+	bin, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl not installed; `make test` installs it")
+	}
+	args := []string{"-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket", socket, "-X", method, "http://l4lb" + path}
+	if body != "" {
+		args = append(args, "-H", "Content-Type: application/json", "--data-binary", body)
+	}
+	out, err := exec.Command(bin, args...).Output()
+	if err != nil {
+		t.Fatalf("curl %s %s: %v", method, path, err)
+	}
+	s := strings.TrimRight(string(out), "\n")
+	i := strings.LastIndexByte(s, '\n')
+	code, _ := strconv.Atoi(s[i+1:])
+	return code, s[:max(i, 0)]
+}
+
+// TestControlEndToEnd: the real binary with its control socket: curl adds a
+// host and takes one down, new connections follow at once; the socket is
+// 0600; l4lb ctl reads the status; SIGHUP with a broken file keeps the old
+// config; a restart keeps the edits.
+func TestControlEndToEnd(t *testing.T) {
+	a := testbackend.New(t, testbackend.Tagger("a"))
+	b := testbackend.New(t, testbackend.Tagger("b"))
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "control.sock")
+	cfgText := fmt.Sprintf(`[log]
+format = "json"
+
+[control]
+socket = %q
+state_dir = %q
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "u"
+
+[upstream.u]
+
+[[upstream.u.pool]]
+name = "p"
+hosts = [ { address = %q, id = "a" } ]
+`, sock, filepath.Join(dir, "state"), a.Addr())
+	p := startL4lb(t, cfgText)
+	cfgPath := p.cmd.Args[len(p.cmd.Args)-1]
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("control socket: %v, mode %v", err, fi.Mode())
+	}
+	front := p.addrs["front"]
+	tagOf := func() string {
+		c, err := net.Dial("tcp", front)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line)
+	}
+
+	if code, body := curlUnix(t, sock, "POST", "/v1/upstreams/u/pools/p/hosts", fmt.Sprintf(`{"address":%q,"id":"b","weight":1}`, b.Addr())); code != 201 {
+		t.Fatalf("add host: %d %s", code, body)
+	}
+	if code, body := curlUnix(t, sock, "POST", "/v1/upstreams/u/pools/p/hosts/a/down", ""); code != 200 {
+		t.Fatalf("down: %d %s", code, body)
+	}
+	for i := 0; i < 3; i++ {
+		if got := tagOf(); got != "b" {
+			t.Fatalf("after edits: %q", got)
+		}
+	}
+	if code, body := curlUnix(t, sock, "PATCH", "/v1/upstreams/u/pools/p/hosts/b", `{"weight":-1}`); code != 400 || !strings.Contains(body, "weight") {
+		t.Fatalf("bad weight: %d %s", code, body)
+	}
+	if code, body := curlUnix(t, sock, "GET", "/v1/status", ""); code != 200 || !strings.Contains(body, `"manual_down"`) {
+		t.Fatalf("status: %d %s", code, body)
+	}
+	var out, errb bytes.Buffer
+	if code := mainExit([]string{"ctl", "--socket", sock, "status"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "manual_down") {
+		t.Fatalf("ctl status: %d\n%s%s", code, out.String(), errb.String())
+	}
+
+	// SIGHUP with a broken file: the old config stays.
+	os.WriteFile(cfgPath, []byte("[[listener]\n"), 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, "reload failed: keeping the running config", 10*time.Second)
+	if got := tagOf(); got != "b" {
+		t.Fatalf("after a failed reload: %q", got)
+	}
+	// Through the API too, with the errors in the answer.
+	if code, body := curlUnix(t, sock, "POST", "/v1/reload", ""); code != 422 || !strings.Contains(body, "l4lb.toml") {
+		t.Fatalf("reload of a broken file: %d %s", code, body)
+	}
+	os.WriteFile(cfgPath, []byte(cfgText), 0o644)
+	if code, body := curlUnix(t, sock, "POST", "/v1/reload", ""); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+
+	// Restart: the edits come back.
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.waitExit(t, 40*time.Second); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	p2 := startL4lb(t, cfgText)
+	front = p2.addrs["front"]
+	if got := tagOf(); got != "b" {
+		t.Fatalf("after restart: %q (edits lost?)", got)
+	}
+}

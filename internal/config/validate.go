@@ -79,6 +79,15 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 			if l.MaxConnections != 0 {
 				v.bad(k+".max_connections", "a udp listener has sessions, not connections: use max_sessions")
 			}
+			for key, set := range map[string]bool{
+				"allow": len(l.Allow) > 0, "deny": len(l.Deny) > 0, "proxy_protocol": l.ProxyProtocol != "",
+				"accept_proxy_protocol": l.AcceptProxyProtocol, "max_connections_per_client": l.MaxConnectionsPerClient != 0,
+				"source_address": l.SourceAddress != "",
+			} {
+				if set {
+					v.bad(k+"."+key, "applies to protocol = \"tcp\" only in this version")
+				}
+			}
 		} else {
 			if l.Responses != 0 {
 				v.bad(k+".responses", "applies to protocol = \"udp\" only")
