@@ -17,6 +17,7 @@ const (
 	TypeTCP        = "tcp"
 	TypeHTTP       = "http"
 	TypeSendExpect = "send_expect"
+	TypeUDP        = "udp" // send_expect over UDP: Send, then a reply starting with Expect (any reply if empty)
 	TypeRedis      = "redis"
 	TypeMySQL      = "mysql"
 )
@@ -98,9 +99,9 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, a...)))
 	}
 	switch c.Type {
-	case TypeNone, TypeTCP, TypeHTTP, TypeSendExpect, TypeRedis, TypeMySQL:
+	case TypeNone, TypeTCP, TypeHTTP, TypeSendExpect, TypeRedis, TypeMySQL, TypeUDP:
 	default:
-		bad("type", "unknown check type %q (want none, tcp, http, send_expect, redis or mysql)", c.Type)
+		bad("type", "unknown check type %q (want none, tcp, http, send_expect, redis, mysql or udp)", c.Type)
 	}
 	if c.Interval < 0 {
 		bad("interval", "negative")

@@ -45,6 +45,8 @@ func NewProber(c Config) (Prober, error) {
 		return redisProber{base, c.Password, c.Role}, nil
 	case TypeMySQL:
 		return mysqlProber{base}, nil
+	case TypeUDP:
+		return udpProber{c.Timeout, []byte(c.Send), []byte(c.Expect)}, nil
 	}
 	return nil, fmt.Errorf("%w: type: %q", ErrConfig, c.Type) // unreachable after Validate
 }

@@ -250,6 +250,7 @@ const (
 	HealthSendExpect HealthType = "send_expect"
 	HealthRedis      HealthType = "redis"
 	HealthMySQL      HealthType = "mysql"
+	HealthUDP        HealthType = "udp" // send, then a reply starting with expect, over UDP
 )
 
 var (
@@ -258,7 +259,7 @@ var (
 	logFormats  = []LogFormat{Console, JSON}
 	hashKeys    = []HashKey{SourceIP, SourceIPPort}
 	allDowns    = []AllDown{Reject, TryAll}
-	healthTypes = []HealthType{HealthNone, HealthTCP, HealthHTTP, HealthSendExpect, HealthRedis, HealthMySQL}
+	healthTypes = []HealthType{HealthNone, HealthTCP, HealthHTTP, HealthSendExpect, HealthRedis, HealthMySQL, HealthUDP}
 	logLevels   = []string{"debug", "info", "warn", "error"}
 )
 

@@ -265,8 +265,13 @@ func (h *Health) validate(v *validator, k string) {
 	only(HealthHTTP, "fail_status", len(h.FailStatus) > 0)
 	only(HealthHTTP, "expect_body", h.ExpectBody != "")
 	only(HealthHTTP, "tls", h.TLS)
-	only(HealthSendExpect, "send", h.Send != "")
-	only(HealthSendExpect, "expect", h.Expect != "")
+	only2 := func(a, b HealthType, key string, set bool) {
+		if set && h.Type != a && h.Type != b {
+			v.bad(k+"."+key, "only used with type = %q or %q", a, b)
+		}
+	}
+	only2(HealthSendExpect, HealthUDP, "send", h.Send != "")
+	only2(HealthSendExpect, HealthUDP, "expect", h.Expect != "")
 	only(HealthRedis, "password", h.Password != "")
 	only(HealthRedis, "role", h.Role != "")
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -263,4 +264,113 @@ hosts = [ { address = %q, id = "bad" }, { address = %q, id = "good" } ]
 		t.Errorf("%d connects to a passively downed host", n-fails)
 	}
 	r.waitEvent(t, events.HostUp, "bad", 3*time.Second)
+}
+
+// udpEcho answers each datagram with tag + the datagram, until the test ends
+// or stop is called.
+func udpEcho(t *testing.T, tag string) (addr string, stop func()) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte(tag+":"), buf[:n]...), from)
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { pc.Close(); <-done }) }
+	t.Cleanup(stop)
+	return pc.LocalAddr().String(), stop
+}
+
+// TestUDPWithHealth: a UDP listener behind the server; the udp check marks a
+// dead host down (ICMP port unreachable), and the client's next datagram
+// goes to the other host.
+func TestUDPWithHealth(t *testing.T) {
+	a, stopA := udpEcho(t, "a")
+	b, _ := udpEcho(t, "b")
+	cfg, err := config.Parse("udp.toml", []byte(fmt.Sprintf(`
+[[listener]]
+name = "dns"
+listen = "127.0.0.1:0"
+protocol = "udp"
+upstream = "u"
+
+[upstream.u]
+[upstream.u.health]
+type = "udp"
+send = "ping"
+expect = "a:ping"
+interval = "200ms"
+timeout = "100ms"
+fall = 2
+jitter = "0s"
+
+[[upstream.u.pool]]
+name = "p"
+priority = 0
+hosts = [ { address = %q, id = "a" } ]
+
+[[upstream.u.pool]]
+name = "q"
+priority = 10
+hosts = [ { address = %q, id = "b" } ]
+[upstream.u.pool.health]
+type = "udp"
+send = "ping"
+expect = "b:ping"
+interval = "200ms"
+timeout = "100ms"
+jitter = "0s"
+`, a, b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New("", cfg, logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Bind(); err != nil {
+		t.Fatal(err)
+	}
+	_, sub := s.Events().Subscribe(0, 100)
+	defer sub.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	r := &running{s: s, sub: sub}
+
+	c, err := net.Dial("udp", s.UDPListeners()[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ask := func(q string) string {
+		c.Write([]byte(q))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 100)
+		n, err := c.Read(buf)
+		if err != nil {
+			return err.Error()
+		}
+		return string(buf[:n])
+	}
+	if got := ask("q1"); got != "a:q1" {
+		t.Fatalf("first datagram: %q", got)
+	}
+	stopA()
+	r.waitEvent(t, "host_down", "a", 5*time.Second)
+	if got := ask("q2"); got != "b:q2" {
+		t.Fatalf("after a went down: %q, want b:q2", got)
+	}
 }

@@ -45,6 +45,6 @@
 // Run owns every goroutine it starts and returns only after each has ended
 // and every socket is closed.
 //
-// Not here: active health checks (ProbeUDP is the UDP prober a health
-// checker calls), PROXY protocol, allow/deny lists.
+// Not here: active health checks (package health's type "udp" probes UDP
+// hosts), PROXY protocol, allow/deny lists.
 package udp
