@@ -39,6 +39,8 @@ type API interface {
 	RemoveHost(upstream, pool, host string) error
 	HostAction(upstream, pool, host string, a Action) error
 	Status() Status
+	// Sessions returns the live UDP sessions of every UDP listener.
+	Sessions() []Session
 	// Subscribe is events.Feed.Subscribe: the kept events with Seq > since,
 	// then every later one on the subscription.
 	Subscribe(since uint64, buf int) ([]events.Event, *events.Sub)
@@ -150,7 +152,38 @@ type HostPatch struct {
 
 // Status is the body of GET /v1/status.
 type Status struct {
-	Hosts []HostStatus `json:"hosts"`
+	Hosts     []HostStatus     `json:"hosts"`
+	Listeners []ListenerStatus `json:"listeners"`
+}
+
+// ListenerStatus is one listener's counters. TCP listeners count accepted,
+// active, no_backend, accept_errors, connect_fails and the refusals
+// (denied, over_listener_limit, over_client_limit, untrusted_proxy,
+// bad_proxy_header); UDP listeners count sessions_active, sessions_created,
+// sessions_expired, sessions_completed, sessions_failed, dropped_full,
+// dropped_no_host, dropped_error, host_errors, datagrams_up/down and
+// bytes_up/down.
+type ListenerStatus struct {
+	Name     string           `json:"name"`
+	Protocol string           `json:"protocol"`
+	Address  string           `json:"address"`
+	Counters map[string]int64 `json:"counters"`
+}
+
+// Session is one live UDP session, for GET /v1/sessions.
+type Session struct {
+	Listener      string    `json:"listener"`
+	Client        string    `json:"client"`
+	Upstream      string    `json:"upstream"`
+	Pool          string    `json:"pool"`
+	Host          string    `json:"host"`
+	Since         time.Time `json:"since"`
+	Age           float64   `json:"age"`  // seconds
+	Idle          float64   `json:"idle"` // seconds since the last datagram either way
+	DatagramsUp   uint64    `json:"datagrams_up"`
+	DatagramsDown uint64    `json:"datagrams_down"`
+	BytesUp       uint64    `json:"bytes_up"`
+	BytesDown     uint64    `json:"bytes_down"`
 }
 
 // HostStatus is one host's live state and counters: the fields of

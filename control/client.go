@@ -208,6 +208,15 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return st, err
 }
 
+// Sessions returns the live UDP sessions.
+func (c *Client) Sessions(ctx context.Context) ([]Session, error) {
+	var body struct {
+		Sessions []Session `json:"sessions"`
+	}
+	err := c.do(ctx, "GET", "/v1/sessions", nil, &body)
+	return body.Sessions, err
+}
+
 // Reload asks the server to re-read its config file.
 func (c *Client) Reload(ctx context.Context) error {
 	return c.do(ctx, "POST", "/v1/reload", nil, nil)

@@ -257,6 +257,10 @@ func (f *fake) HostAction(u, p, h string, a Action) error {
 	return nil
 }
 
+func (f *fake) Sessions() []Session {
+	return []Session{{Listener: "dns", Client: "127.0.0.1:5353", Upstream: "dns", Pool: "p", Host: "h", DatagramsUp: 1}}
+}
+
 func (f *fake) Status() Status {
 	f.mu.Lock()
 	defer f.mu.Unlock()

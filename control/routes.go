@@ -26,6 +26,7 @@ func (s *Server) routes() *http.ServeMux {
 		s.handle(mux, "POST /v1/upstreams/{u}/pools/{p}/hosts/{h}/"+string(a), "host_"+string(a), true, s.hostAction(a))
 	}
 	s.handle(mux, "GET /v1/status", "status", false, s.status)
+	s.handle(mux, "GET /v1/sessions", "sessions", false, s.sessions)
 	mux.HandleFunc("GET /v1/events", s.events)
 	s.handle(mux, "POST /v1/reload", "reload", true, s.reload)
 	s.handle(mux, "POST /v1/reset", "reset", true, s.reset)
@@ -270,6 +271,14 @@ func (s *Server) hostAction(a Action) handlerFunc {
 	}
 }
 
+func (s *Server) sessions(q *request) (int, any, error) {
+	ss := s.api.Sessions()
+	if ss == nil {
+		ss = []Session{}
+	}
+	return http.StatusOK, map[string][]Session{"sessions": ss}, nil
+}
+
 func (s *Server) status(q *request) (int, any, error) {
 	st := s.api.Status()
 	now := time.Now()
@@ -281,6 +290,9 @@ func (s *Server) status(q *request) (int, any, error) {
 	}
 	if st.Hosts == nil {
 		st.Hosts = []HostStatus{}
+	}
+	if st.Listeners == nil {
+		st.Listeners = []ListenerStatus{}
 	}
 	return http.StatusOK, st, nil
 }

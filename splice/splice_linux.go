@@ -118,6 +118,14 @@ func (d *direction) splice() (handled bool, err error) {
 					opErr = os.NewSyscallError("splice", err)
 					return true
 				case n == 0:
+					// tcp_splice_read checks SOCK_DONE before sk_err, so a
+					// socket closed by a peer's RST reads as EOF here where
+					// read(2) would say ECONNRESET. SO_ERROR tells them
+					// apart (and a FIN leaves it 0).
+					if e, gerr := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && e != 0 {
+						opErr = os.NewSyscallError("splice", syscall.Errno(e))
+						return true
+					}
 					eof = true
 					return true
 				}

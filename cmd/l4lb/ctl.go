@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,6 +46,7 @@ Drives a running l4lb through its control socket (default
   host set U P HOST --weight N
   host delete U P HOST                   drain, then remove
   host down|up|drain U P HOST            down is sticky until up
+  sessions                               live UDP sessions: client, host, age, datagrams
   events [--since N]                     follow the event feed (Ctrl-C ends)
   reload                                 re-read the config file
   reset                                  drop every live edit: back to the config file
@@ -228,7 +230,22 @@ func (k *ctl) run(ctx context.Context, pos []string) error {
 		if err != nil {
 			return err
 		}
-		return k.print(st, func(w io.Writer) { statusTable(w, st, k.now()) })
+		return k.print(st, func(w io.Writer) {
+			statusTable(w, st, k.now())
+			if len(st.Listeners) > 0 {
+				fmt.Fprintln(w)
+				listenerTable(w, st.Listeners)
+			}
+		})
+	case "sessions":
+		if err := errors.Join(k.only(), args(pos[1:], 0, "sessions")); err != nil {
+			return err
+		}
+		ss, err := k.c.Sessions(ctx)
+		if err != nil {
+			return err
+		}
+		return k.print(ss, func(w io.Writer) { sessionTable(w, ss) })
 	case "upstreams", "upstream":
 		return k.upstreams(ctx, verb, rest)
 	case "pool":
@@ -503,6 +520,40 @@ func statusTable(w io.Writer, st control.Status, now time.Time) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\n",
 			h.Upstream, h.Pool, host, dash(string(h.Source)), state, h.Weight, h.Active, h.Total,
 			humanBytes(h.BytesToHost), humanBytes(h.BytesFromHost), h.FailCount, age(h.Since, now), dash(h.Reason))
+	}
+	tw.Flush()
+}
+
+func sessionTable(w io.Writer, ss []control.Session) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "LISTENER\tCLIENT\tUPSTREAM\tPOOL\tHOST\tAGE\tIDLE\tDGRAMS_UP\tDGRAMS_DOWN\tBYTES_UP\tBYTES_DOWN")
+	for _, x := range ss {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.1fs\t%.1fs\t%d\t%d\t%s\t%s\n", x.Listener, x.Client, x.Upstream, x.Pool, x.Host,
+			x.Age, x.Idle, x.DatagramsUp, x.DatagramsDown, humanBytes(x.BytesUp), humanBytes(x.BytesDown))
+	}
+	tw.Flush()
+}
+
+// listenerTable prints each listener's non-zero counters.
+func listenerTable(w io.Writer, ls []control.ListenerStatus) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "LISTENER\tPROTOCOL\tADDRESS\tCOUNTERS")
+	for _, l := range ls {
+		keys := make([]string, 0, len(l.Counters))
+		for k, v := range l.Counters {
+			if v != 0 {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		var b strings.Builder
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteByte(' ')
+			}
+			fmt.Fprintf(&b, "%s=%d", k, l.Counters[k])
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.Name, l.Protocol, l.Address, dash(b.String()))
 	}
 	tw.Flush()
 }

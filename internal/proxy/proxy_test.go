@@ -268,6 +268,10 @@ func TestHalfClose(t *testing.T) {
 func TestBackendReset(t *testing.T) {
 	chunk := make([]byte, 1<<20)
 	b := testbackend.New(t, func(c *net.TCPConn) {
+		// Mid-stream: the client's first byte proves the proxy is
+		// connected (a reset before that is a failed connect, and tried
+		// elsewhere).
+		io.ReadFull(c, make([]byte, 1))
 		c.Write(chunk)
 		c.SetLinger(0)
 	})
@@ -277,6 +281,7 @@ func TestBackendReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	c.Write([]byte("x"))
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err = io.Copy(io.Discard, c)
 	if !errors.Is(err, syscall.ECONNRESET) {

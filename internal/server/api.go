@@ -11,6 +11,8 @@ import (
 	"github.com/l4lb/l4lb/internal/config"
 	"github.com/l4lb/l4lb/internal/events"
 	"github.com/l4lb/l4lb/internal/logkey"
+	"github.com/l4lb/l4lb/internal/proxy"
+	"github.com/l4lb/l4lb/internal/udp"
 )
 
 // Server implements the control API over its live specs.
@@ -122,8 +124,51 @@ func (s *Server) HostAction(upstream, pl, host string, a control.Action) error {
 // Status returns every host's live state and counters.
 func (s *Server) Status() control.Status {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.status()
+	st := s.status()
+	lns := append([]*runningListener(nil), s.lns...)
+	s.mu.Unlock()
+	for _, rl := range lns {
+		ls := control.ListenerStatus{Name: rl.lc.Name, Protocol: string(rl.lc.Protocol), Address: rl.eng.Addr().String()}
+		if rl.tcp != nil {
+			ls.Counters = tcpCounters(rl.tcp.Stats())
+		} else {
+			ls.Counters = udpCounters(rl.udp.Stats())
+		}
+		st.Listeners = append(st.Listeners, ls)
+	}
+	return st
+}
+
+func tcpCounters(st proxy.Stats) map[string]int64 {
+	return map[string]int64{
+		"accepted": int64(st.Accepted), "active": st.Active, "no_backend": int64(st.NoBackend),
+		"accept_errors": int64(st.AcceptErrors), "connect_fails": int64(st.ConnectFails),
+		"denied": int64(st.Denied), "over_listener_limit": int64(st.OverListenerLimit),
+		"over_client_limit": int64(st.OverClientLimit), "untrusted_proxy": int64(st.Untrusted),
+		"bad_proxy_header": int64(st.BadProxyHeader),
+	}
+}
+
+func udpCounters(st udp.Stats) map[string]int64 {
+	return map[string]int64{
+		"sessions_active": st.SessionsActive, "sessions_created": int64(st.SessionsCreated),
+		"sessions_expired": int64(st.SessionsExpired), "sessions_completed": int64(st.SessionsCompleted),
+		"sessions_failed": int64(st.SessionsFailed), "dropped_full": int64(st.DroppedFull),
+		"dropped_no_host": int64(st.DroppedNoHost), "dropped_error": int64(st.DroppedError),
+		"host_errors": int64(st.HostErrors), "datagrams_up": int64(st.DatagramsUp),
+		"datagrams_down": int64(st.DatagramsDown), "bytes_up": int64(st.BytesUp), "bytes_down": int64(st.BytesDown),
+	}
+}
+
+// Sessions returns the live sessions of every UDP listener.
+func (s *Server) Sessions() []control.Session {
+	var out []control.Session
+	for _, l := range s.UDPListeners() {
+		for _, x := range l.Sessions() {
+			out = append(out, control.Session(x))
+		}
+	}
+	return out
 }
 
 // Subscribe streams the event feed.

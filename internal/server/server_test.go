@@ -368,6 +368,13 @@ jitter = "0s"
 	if got := ask("q1"); got != "a:q1" {
 		t.Fatalf("first datagram: %q", got)
 	}
+	// The session is visible, and counted in the status.
+	if ss := s.Sessions(); len(ss) != 1 || ss[0].Host != "a" || ss[0].Client != c.LocalAddr().String() || ss[0].DatagramsUp != 1 {
+		t.Fatalf("sessions %+v", ss)
+	}
+	if st := s.Status(); len(st.Listeners) != 1 || st.Listeners[0].Counters["sessions_active"] != 1 || st.Listeners[0].Protocol != "udp" {
+		t.Fatalf("listener status %+v", st.Listeners)
+	}
 	stopA()
 	r.waitEvent(t, "host_down", "a", 5*time.Second)
 	if got := ask("q2"); got != "b:q2" {
