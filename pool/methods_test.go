@@ -12,7 +12,7 @@ import (
 
 // methods lists every selection method; tests that state a rule for all of
 // them range over it.
-var methods = []Method{MethodRoundRobin, MethodLeastConn, MethodFastest}
+var methods = []Method{MethodRoundRobin, MethodLeastConn, MethodRandom2, MethodFastest}
 
 func methodPool(t testing.TB, name string, prio int, m Method, hosts []*Host) *Pool {
 	t.Helper()
@@ -260,4 +260,34 @@ func TestFastest(t *testing.T) {
 // varies too.
 func netipAddrPort(n int) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}), uint16(1024+n%50000))
+}
+
+// TestRandom2 checks the two choices: the less loaded of two is taken, so
+// a loaded host is avoided whenever it is drawn with another.
+func TestRandom2(t *testing.T) {
+	hs := hostsW(1, 1, 1)
+	p := methodPool(t, "p", 0, MethodRandom2, hs)
+	for range 5 {
+		hs[0].ConnOpened()
+	}
+	for i := range 300 {
+		if h := p.Pick(0, nil); h == hs[0] {
+			t.Fatalf("pick %d: the loaded host was taken over an idle one", i)
+		}
+	}
+	// Only two eligible: always the less loaded one.
+	hs[1].ConnOpened()
+	for i := range 100 {
+		if h := p.Pick(0, func(h *Host) bool { return h == hs[2] }); h != hs[1] {
+			t.Fatalf("pick %d: %v, want b (1 active, a has 5)", i, h.ID)
+		}
+	}
+	// Relative to weight: a with 5 active and weight 10 is less loaded than
+	// b with 1 active and weight 1.
+	hs[0].SetWeight(10)
+	for i := range 100 {
+		if h := p.Pick(0, func(h *Host) bool { return h == hs[2] }); h != hs[0] {
+			t.Fatalf("pick %d: %v, want a (5/10 < 1/1)", i, h.ID)
+		}
+	}
 }

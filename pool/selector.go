@@ -57,6 +57,8 @@ func NewSelector(m Method) (Selector, error) {
 		return new(leastLoad), nil
 	case MethodFastest:
 		return &leastLoad{fastest: true}, nil
+	case MethodRandom2:
+		return new(random2), nil
 	}
 	return nil, fmt.Errorf("%w %q", ErrUnknownMethod, m)
 }
@@ -66,6 +68,8 @@ var (
 	_ eligiblePicker = (*smoothWRR)(nil)
 	_ Selector       = (*leastLoad)(nil)
 	_ eligiblePicker = (*leastLoad)(nil)
+	_ Selector       = (*random2)(nil)
+	_ eligiblePicker = (*random2)(nil)
 )
 
 // smoothWRR is nginx's smooth weighted round robin
