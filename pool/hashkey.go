@@ -9,22 +9,25 @@ import "net/netip"
 // "source_ip_port"). Every l4lb process computes the same key for the same
 // client, which is what lets several instances behind ECMP agree.
 func HashKey(addr netip.AddrPort, withPort bool) uint64 {
-	const (
-		offset64 = 14695981039346656037
-		prime64  = 1099511628211
-	)
-	h := uint64(offset64)
+	h := uint64(fnvOffset64)
 	ip := addr.Addr().As16()
 	for _, b := range ip {
 		h ^= uint64(b)
-		h *= prime64
+		h *= fnvPrime64
 	}
 	if withPort {
 		p := addr.Port()
 		h ^= uint64(p >> 8)
-		h *= prime64
+		h *= fnvPrime64
 		h ^= uint64(p & 0xff)
-		h *= prime64
+		h *= fnvPrime64
 	}
 	return h
 }
+
+// FNV-1a 64 parameters. HashKey and the hash method's table depend on them:
+// changing them would move every client.
+const (
+	fnvOffset64 = 14695981039346656037
+	fnvPrime64  = 1099511628211
+)

@@ -12,7 +12,7 @@ import (
 
 // methods lists every selection method; tests that state a rule for all of
 // them range over it.
-var methods = []Method{MethodRoundRobin, MethodLeastConn, MethodRandom2, MethodFastest}
+var methods = []Method{MethodRoundRobin, MethodLeastConn, MethodHash, MethodRandom2, MethodFastest}
 
 func methodPool(t testing.TB, name string, prio int, m Method, hosts []*Host) *Pool {
 	t.Helper()

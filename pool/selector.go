@@ -59,6 +59,8 @@ func NewSelector(m Method) (Selector, error) {
 		return &leastLoad{fastest: true}, nil
 	case MethodRandom2:
 		return new(random2), nil
+	case MethodHash:
+		return new(maglev), nil
 	}
 	return nil, fmt.Errorf("%w %q", ErrUnknownMethod, m)
 }
@@ -70,6 +72,8 @@ var (
 	_ eligiblePicker = (*leastLoad)(nil)
 	_ Selector       = (*random2)(nil)
 	_ eligiblePicker = (*random2)(nil)
+	_ Selector       = (*maglev)(nil)
+	_ eligiblePicker = (*maglev)(nil)
 )
 
 // smoothWRR is nginx's smooth weighted round robin
