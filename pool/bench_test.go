@@ -124,3 +124,33 @@ func TestPickDoesNotAllocate(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkMethodPick measures one pick per method on a pool of n hosts with
+// mixed weights and a few connections open on each. Keys vary as client
+// addresses do.
+func BenchmarkMethodPick(b *testing.B) {
+	for _, m := range methods {
+		for _, n := range []int{2, 16, 256} {
+			b.Run(fmt.Sprintf("%s/hosts=%d", m, n), func(b *testing.B) {
+				hs := make([]*Host, n)
+				for i := range hs {
+					hs[i] = NewHost("", "tcp", fmt.Sprintf("10.0.%d.%d:6379", i/256, i%256), 1+i%5)
+					for range i % 7 {
+						hs[i].ConnOpened()
+					}
+					hs[i].ObserveConnect(time.Duration(500+i%13) * time.Microsecond)
+				}
+				u := NewUpstream("bench", []*Pool{methodPool(b, "primary", 0, m, hs)}, AllDownReject)
+				u.Pick(0, nil) // builds the hash table
+				key := uint64(0)
+				b.ReportAllocs()
+				for b.Loop() {
+					key++
+					if _, h := u.Pick(key*0x9e3779b97f4a7c15, nil); h == nil {
+						b.Fatal("no host")
+					}
+				}
+			})
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/netip"
@@ -289,5 +290,63 @@ func TestRandom2(t *testing.T) {
 		if h := p.Pick(0, func(h *Host) bool { return h == hs[2] }); h != hs[0] {
 			t.Fatalf("pick %d: %v, want a (5/10 < 1/1)", i, h.ID)
 		}
+	}
+}
+
+// TestMethodsDistribution: over 100 000 picks of short connections (none
+// left open), every method shares the picks in proportion to weight, within
+// ±2 % of all picks. least_conn and fastest see only ties and fall back to
+// smooth WRR; random2 is weighted random; hash gets 100 000 distinct clients.
+func TestMethodsDistribution(t *testing.T) {
+	const n = 100_000
+	for _, m := range methods {
+		for _, weights := range [][]int{{1, 2, 3, 4}, {7, 7, 7, 7, 7}, {100, 1}} {
+			t.Run(fmt.Sprint(m, weights), func(t *testing.T) {
+				hs := hostsW(weights...)
+				for _, h := range hs {
+					h.ObserveConnect(time.Millisecond)
+				}
+				p := methodPool(t, "p", 0, m, hs)
+				count := map[*Host]int{}
+				for i := range n {
+					count[p.Pick(keyN(i), nil)]++
+				}
+				sum := 0
+				for _, w := range weights {
+					sum += w
+				}
+				worst := 0.0
+				for i, h := range hs {
+					want := float64(weights[i]) / float64(sum)
+					worst = max(worst, math.Abs(float64(count[h])/n-want))
+				}
+				t.Logf("%s weights %v: worst share error %.4f over %d picks", m, weights, worst, n)
+				if worst > 0.02 || count[nil] > 0 {
+					t.Errorf("worst share error %.4f (nil %d), want <= 0.02", worst, count[nil])
+				}
+			})
+		}
+	}
+}
+
+// TestRandom2LongLived: with connections that stay open, two choices keep
+// the active connections close to the weighted share, where plain weighted
+// random drifts by the square root of the count.
+func TestRandom2LongLived(t *testing.T) {
+	weights := []int{1, 2, 3, 4}
+	hs := hostsW(weights...)
+	p := methodPool(t, "p", 0, MethodRandom2, hs)
+	const n = 100_000
+	for range n {
+		p.Pick(0, nil).ConnOpened()
+	}
+	worst := 0.0
+	for i, h := range hs {
+		want := float64(n) * float64(weights[i]) / 10
+		worst = max(worst, math.Abs(float64(h.active.Load())-want))
+	}
+	t.Logf("random2, %d long-lived connections, weights %v: worst deviation from the weighted share %.0f connections (%.4f%%)", n, weights, worst, 100*worst/n)
+	if worst > 0.01*n {
+		t.Errorf("worst deviation %.0f connections, want <= 1%%", worst)
 	}
 }
