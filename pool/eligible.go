@@ -1,6 +1,9 @@
 package pool
 
-import "math/bits"
+import (
+	"cmp"
+	"math/bits"
+)
 
 // eligibleWeight returns the weight h has in this pick, or 0 when h may not
 // be picked: not up (with tryAll, not up or down), weight 0, or full. While a
@@ -33,6 +36,11 @@ func eligibleWeight(h *Host, tryAll bool, now *int64) int64 {
 // cmpRatio compares a1/w1 with a2/w2 for a1, a2 >= 0 and w1, w2 > 0 without
 // dividing and without overflow (the products are 128-bit).
 func cmpRatio(a1, w1, a2, w2 int64) int {
+	if uint64(a1|a2|w1|w2)>>31 == 0 {
+		// The common case, connection counts and weights below 2^31:
+		// the products fit in 62 bits.
+		return cmp.Compare(a1*w2, a2*w1)
+	}
 	h1, l1 := bits.Mul64(uint64(a1), uint64(w2))
 	h2, l2 := bits.Mul64(uint64(a2), uint64(w1))
 	switch {

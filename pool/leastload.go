@@ -1,6 +1,9 @@
 package pool
 
-import "sync"
+import (
+	"cmp"
+	"sync"
+)
 
 // leastLoad picks the eligible host with the lowest load and shares ties by
 // smooth weighted round robin, as nginx's least_conn does
@@ -42,9 +45,10 @@ func (s *leastLoad) pickEligible(hosts []*Host, _ uint64, skip func(*Host) bool,
 		s.w = make([]int64, len(hosts))
 		s.load = make([]int64, len(hosts))
 	}
-	// Pass 1: snapshot weights and loads (they move under us), find the least.
-	best := -1
-	var now int64
+	// Pass 1: snapshot weights and loads (they move under us), find the
+	// least, and count the hosts tied with it (least_conn: exact ties).
+	best, ties := -1, 0
+	var bestL, bestW, now int64
 	for i, h := range hosts {
 		w := eligibleWeight(h, tryAll, &now)
 		if w > 0 && skip != nil && skip(h) {
@@ -61,18 +65,43 @@ func (s *leastLoad) pickEligible(hosts []*Host, _ uint64, skip func(*Host) bool,
 			l = max(h.active.Load(), 0)
 		}
 		s.load[i] = l
-		if best < 0 || s.less(i, best) {
-			best = i
+		c := -1
+		if best >= 0 {
+			if s.fastest {
+				c = cmp.Compare(l, bestL)
+			} else {
+				c = cmpRatio(l, w, bestL, bestW)
+			}
+		}
+		switch c {
+		case -1:
+			best, bestL, bestW, ties = i, l, w, 1
+		case 0:
+			ties++
 		}
 	}
 	if best < 0 {
 		return nil
 	}
+	if ties == 1 && !s.fastest {
+		// nginx's shortcut: a lone least host wins outright; its current
+		// weight would rise and fall by the same amount.
+		return hosts[best]
+	}
 	// Pass 2: smooth WRR among the hosts tied with the least.
 	pick := -1
 	var total int64
 	for i, w := range s.w {
-		if w == 0 || !s.tied(i, best) {
+		if w == 0 {
+			continue
+		}
+		if s.fastest {
+			// Within 1/8 of the fastest. EWMAs are nanoseconds, far
+			// from overflowing when multiplied by 9.
+			if s.load[i]*8 > bestL*9 {
+				continue
+			}
+		} else if cmpRatio(s.load[i], w, bestL, bestW) != 0 {
 			continue
 		}
 		s.cur[i] += w
@@ -83,22 +112,4 @@ func (s *leastLoad) pickEligible(hosts []*Host, _ uint64, skip func(*Host) bool,
 	}
 	s.cur[pick] -= total
 	return hosts[pick]
-}
-
-// less reports whether host i is less loaded than host j in this pick.
-func (s *leastLoad) less(i, j int) bool {
-	if s.fastest {
-		return s.load[i] < s.load[j]
-	}
-	return cmpRatio(s.load[i], s.w[i], s.load[j], s.w[j]) < 0
-}
-
-// tied reports whether host i counts as tied with the least loaded, best.
-func (s *leastLoad) tied(i, best int) bool {
-	if s.fastest {
-		// Within 1/8 of the fastest. EWMAs are nanoseconds, far from
-		// overflowing when multiplied by 9.
-		return s.load[i]*8 <= s.load[best]*9
-	}
-	return cmpRatio(s.load[i], s.w[i], s.load[best], s.w[best]) == 0
 }
