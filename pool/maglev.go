@@ -17,8 +17,9 @@ import (
 // to come near that), and weights are exact: a host of weight 3 fills three
 // slots for every one of a weight 1 host. What Maglev gives up is perfectly
 // minimal remapping: when a host leaves the set, a few keys of the other
-// hosts move as well (about 1 % here, see TestHashRemap). Removal is rare; a
-// host going down, which is common, moves no other host's keys (below).
+// hosts move as well (under 1 % of all keys, see TestHashRemap). Removal is
+// rare; a host going down, which is common, moves no other host's keys
+// (below).
 //
 // The table is a pure function of the set of (host ID, weight) pairs: each
 // host's preference list comes from an FNV-1a hash of its ID, hosts take

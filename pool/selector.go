@@ -31,7 +31,8 @@ const (
 
 // Selector picks one host among hosts. It skips hosts for which skip(h) is true
 // (skip may be nil) and hosts that are not Usable, and returns nil when none can
-// be chosen. key identifies the client for methods that hash it; others ignore it.
+// be chosen. key identifies the client for methods that hash it (see HashKey);
+// others ignore it.
 //
 // A Selector may keep state per index of hosts, so one Selector value serves one
 // hosts slice (NewPool gives each pool its own). Implementations must be safe
