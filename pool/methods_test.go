@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -348,5 +349,45 @@ func TestRandom2LongLived(t *testing.T) {
 	t.Logf("random2, %d long-lived connections, weights %v: worst deviation from the weighted share %.0f connections (%.4f%%)", n, weights, worst, 100*worst/n)
 	if worst > 0.01*n {
 		t.Errorf("worst deviation %.0f connections, want <= 1%%", worst)
+	}
+}
+
+// TestMethodsConcurrent picks from several goroutines while hosts change
+// weight, health and load, for the race detector; the hash table is rebuilt
+// under the picks' feet.
+func TestMethodsConcurrent(t *testing.T) {
+	for _, m := range methods {
+		t.Run(string(m), func(t *testing.T) {
+			hs := hostsW(1, 2, 3, 4)
+			p := methodPool(t, "p", 0, m, hs)
+			stop := make(chan struct{})
+			var writer, pickers sync.WaitGroup
+			writer.Go(func() {
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					h := hs[i%len(hs)]
+					h.SetWeight(1 + i%5)
+					h.SetHealth(i%3 != 0, "")
+					h.ObserveConnect(time.Duration(i%7) * time.Millisecond)
+				}
+			})
+			for g := range 4 {
+				pickers.Go(func() {
+					for i := range 2000 {
+						if h := p.Pick(keyN(g*2000+i), nil); h != nil {
+							h.ConnOpened()
+							h.ConnClosed(0, 0)
+						}
+					}
+				})
+			}
+			pickers.Wait()
+			close(stop)
+			writer.Wait()
+		})
 	}
 }
