@@ -73,10 +73,49 @@
 // handed its full share at once. The ramp end is an atomic on the host; Pick
 // reads the clock only while some host ramps, and still does not allocate.
 //
+// # Methods
+//
+// Each pool has a Method (the upstream's, unless the pool overrides it). All
+// of them apply the same rules: only usable hosts (with AllDownTryAll, down
+// ones too), never weight 0, full or skipped hosts, and the slow start
+// weight in place of the weight.
+//
+//   - round_robin: smooth weighted round robin, as nginx does it.
+//   - least_conn: fewest active connections relative to the effective
+//     weight; hosts tied for least share by smooth WRR, so with short
+//     connections it behaves as round_robin.
+//   - random2: two distinct hosts drawn at random in proportion to weight,
+//     the one with fewer active connections relative to weight wins.
+//   - fastest: the lowest connect time average. The caller reports each
+//     successful connect with Host.ObserveConnect (an EWMA, alpha 1/8); a
+//     host not measured yet, or back up since, counts as fastest so it is
+//     probed. Speed comes first: hosts within 1/8 of the fastest count as
+//     equally fast and share by weight; slower hosts get nothing while they
+//     are usable, which makes fastest a failover to the next nearest site.
+//   - hash: the client keeps its host ("IP sticky sessions"). The key
+//     passed to Pick is HashKey of the client address (source_ip, or
+//     source_ip_port), the same in every l4lb process.
+//
+// The hash method uses a weighted Maglev table (65537 slots, or 100 per host,
+// a prime) rather than a ring of virtual nodes: a pick is one lookup
+// whatever the number of hosts, weights come out exact to a slot, and the
+// table costs 4 bytes a slot. The table depends only on the hosts' IDs and
+// weights, not on their order, on time or on randomness, so l4lb instances
+// behind ECMP with the same hosts send a client to the same host. When a
+// host leaves the pool, its keys move and about half a percent of the
+// others' (Maglev's price for its balance; a ring moves none of them but
+// needs hundreds of points per host to balance as well); when it comes back,
+// every key returns. When a host is down, full, of weight 0 or already
+// tried, its keys walk on to the next slot's host, so they spread over the
+// others and no other key moves. A host in slow start takes back a growing
+// part of its keys, the same keys first on every instance, and keeps them.
+//
 // # What this package does not do
 //
 // It does not dial, run health checks, count failures over time windows,
 // log, or read configuration. Those belong to its callers, which report into a
-// Host through SetHealth, SetAdmin, ConnectFailed and the connection counters. It imports
+// Host through SetHealth, SetAdmin, ConnectFailed, ObserveConnect and the
+// connection counters. It does not hash client addresses by itself either:
+// the caller passes HashKey's result to Pick. It imports
 // only the standard library, and a test keeps it so.
 package pool

@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/l4lb/l4lb/pool"
@@ -55,4 +56,36 @@ func Example_upstream() {
 	// retry: primary b
 	// failover: backup spare unix /run/redis/spare.sock
 	// failback: primary b
+}
+
+func Example_hash() {
+	var hosts []*pool.Host
+	for _, addr := range []string{"10.0.0.1:6379", "10.0.0.2:6379", "10.0.0.3:6379"} {
+		hosts = append(hosts, pool.NewHost("", "tcp", addr, 1))
+	}
+	p, err := pool.NewPool("redis", 0, pool.MethodHash, hosts)
+	if err != nil {
+		panic(err)
+	}
+	// The proxy hashes the client address (hash_key = "source_ip").
+	client := netip.MustParseAddrPort("192.0.2.7:40000")
+	key := pool.HashKey(client, false)
+
+	first := p.Pick(key, nil)
+	again := p.Pick(pool.HashKey(netip.MustParseAddrPort("192.0.2.7:40001"), false), nil)
+	fmt.Println("same host on a new connection:", first == again)
+
+	// Its host goes down: the client moves, deterministically...
+	first.SetHealth(false, "connection refused")
+	other := p.Pick(key, nil)
+	fmt.Println("moved while down:", other != first, other == p.Pick(key, nil))
+
+	// ...and comes back when the host does.
+	first.SetHealth(true, "rise 2")
+	fmt.Println("back:", p.Pick(key, nil) == first)
+
+	// Output:
+	// same host on a new connection: true
+	// moved while down: true true
+	// back: true
 }

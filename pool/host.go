@@ -23,6 +23,10 @@ type Host struct {
 	slowStart atomic.Int64 // time.Duration; 0 = off
 	rampEnd   atomic.Int64
 
+	// connectEWMA is the moving average of connect times in nanoseconds
+	// (see ObserveConnect), 0 until the first one is observed.
+	connectEWMA atomic.Int64
+
 	active        atomic.Int64
 	maxConns      atomic.Int64 // 0 = no limit
 	total         atomic.Uint64
@@ -82,8 +86,16 @@ func (h *Host) Weight() int { return int(h.weight.Load()) }
 func (h *Host) SetWeight(w int) {
 	w = max(w, 0)
 	w = min(w, 1<<31-1)
-	h.weight.Store(int32(w))
+	if h.weight.Swap(int32(w)) != int32(w) {
+		weightVersion.Add(1)
+	}
 }
+
+// weightVersion moves whenever the weight of any host changes. Selectors
+// that cache something built from weights (the hash method's table) compare
+// it on each pick, one atomic load, instead of reading every host's weight.
+// It is only ever incremented and means nothing but "look again".
+var weightVersion atomic.Uint64
 
 // State returns the effective state: the operator's (manual_down or
 // draining) when one is set, else the health (up or down).
@@ -152,6 +164,8 @@ func (h *Host) update(reason string) {
 		if d := h.slowStart.Load(); d > 0 {
 			h.rampEnd.Store(monoNow() + d)
 		}
+		// Its connect time from before may be stale: measure it afresh.
+		h.connectEWMA.Store(0)
 	case eff != StateUp:
 		h.rampEnd.Store(0)
 	}
@@ -303,6 +317,29 @@ func (h *Host) AddBytes(toHost, fromHost uint64) {
 		h.bytesFromHost.Add(fromHost)
 	}
 }
+
+// ObserveConnect records how long a successful connect to the host took, for
+// the fastest method. It keeps an exponentially weighted moving average with
+// alpha 1/8, as TCP's smoothed RTT does (RFC 6298): one slow connect moves it
+// by an eighth of the difference. The first observation is taken as is.
+func (h *Host) ObserveConnect(d time.Duration) {
+	x := max(int64(d), 1) // 0 means unmeasured
+	for {
+		old := h.connectEWMA.Load()
+		avg := x
+		if old != 0 {
+			avg = max(old+(x-old)/8, 1)
+		}
+		if h.connectEWMA.CompareAndSwap(old, avg) {
+			return
+		}
+	}
+}
+
+// ConnectEWMA returns the moving average of connect times recorded with
+// ObserveConnect, or 0 if none was recorded since the host was created or
+// last came back up (its old figure may no longer hold).
+func (h *Host) ConnectEWMA() time.Duration { return time.Duration(h.connectEWMA.Load()) }
 
 // ConnectFailed records a failed connect attempt (passive health). It does not
 // change the state: the caller decides, from FailCount and its own window,

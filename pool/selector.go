@@ -12,9 +12,27 @@ type Method string
 // Method means round_robin.
 const MethodRoundRobin Method = "round_robin"
 
+// The other methods; see the package documentation for how each composes
+// with health, weights, slow start and tries.
+const (
+	// MethodLeastConn picks the host with the fewest active connections
+	// relative to its weight; ties are shared by smooth weighted round robin.
+	MethodLeastConn Method = "least_conn"
+	// MethodHash maps the key to a host with a weighted Maglev table, so a
+	// client keeps its host and l4lb instances with the same hosts agree.
+	MethodHash Method = "hash"
+	// MethodRandom2 draws two hosts at random, in proportion to weight, and
+	// picks the one with fewer active connections relative to weight.
+	MethodRandom2 Method = "random2"
+	// MethodFastest picks the host with the lowest connect time average
+	// (see Host.ObserveConnect); hosts never measured are tried first.
+	MethodFastest Method = "fastest"
+)
+
 // Selector picks one host among hosts. It skips hosts for which skip(h) is true
 // (skip may be nil) and hosts that are not Usable, and returns nil when none can
-// be chosen. key identifies the client for methods that hash it; others ignore it.
+// be chosen. key identifies the client for methods that hash it (see HashKey);
+// others ignore it.
 //
 // A Selector may keep state per index of hosts, so one Selector value serves one
 // hosts slice (NewPool gives each pool its own). Implementations must be safe
@@ -36,6 +54,14 @@ func NewSelector(m Method) (Selector, error) {
 	switch m {
 	case "", MethodRoundRobin:
 		return new(smoothWRR), nil
+	case MethodLeastConn:
+		return new(leastLoad), nil
+	case MethodFastest:
+		return &leastLoad{fastest: true}, nil
+	case MethodRandom2:
+		return new(random2), nil
+	case MethodHash:
+		return new(maglev), nil
 	}
 	return nil, fmt.Errorf("%w %q", ErrUnknownMethod, m)
 }
@@ -43,6 +69,12 @@ func NewSelector(m Method) (Selector, error) {
 var (
 	_ Selector       = (*smoothWRR)(nil)
 	_ eligiblePicker = (*smoothWRR)(nil)
+	_ Selector       = (*leastLoad)(nil)
+	_ eligiblePicker = (*leastLoad)(nil)
+	_ Selector       = (*random2)(nil)
+	_ eligiblePicker = (*random2)(nil)
+	_ Selector       = (*maglev)(nil)
+	_ eligiblePicker = (*maglev)(nil)
 )
 
 // smoothWRR is nginx's smooth weighted round robin

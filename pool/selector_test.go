@@ -46,8 +46,8 @@ func TestNewSelector(t *testing.T) {
 			t.Errorf("NewSelector(%q) = %v, %v", m, s, err)
 		}
 	}
-	if _, err := NewSelector("least_conn"); !errors.Is(err, ErrUnknownMethod) {
-		t.Errorf("NewSelector(least_conn) err = %v, want ErrUnknownMethod", err)
+	if _, err := NewSelector("leastconn"); !errors.Is(err, ErrUnknownMethod) {
+		t.Errorf("NewSelector(leastconn) err = %v, want ErrUnknownMethod", err)
 	}
 }
 
