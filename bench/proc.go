@@ -97,9 +97,15 @@ func statFields(pid int) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	return statFieldsOf(b)
+}
+
+// statFieldsOf splits after the last ')': the command name may hold spaces and
+// parentheses.
+func statFieldsOf(b []byte) ([]string, error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 || i+2 > len(b) {
-		return nil, fmt.Errorf("/proc/%d/stat: no ')'", pid)
+		return nil, errors.New("stat: no ')'")
 	}
 	return strings.Fields(string(b[i+2:])), nil
 }
