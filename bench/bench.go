@@ -56,7 +56,7 @@ func paramsFor(o Options) params {
 			idleSettle: 2 * time.Second, cmdTimeout: 2 * time.Minute}
 	default:
 		return params{reps: 1, iperfSecs: 5, iperfTests: all,
-			redisN1: 100000, redisN16: 600000, redisTests: []string{"get", "set", "ping_mbulk"},
+			redisN1: 100000, redisN16: 1200000, redisTests: []string{"get", "set", "ping_mbulk"},
 			connN: 20000, sysN: 20000, udpDur: 3 * time.Second, udpClients: 8, idle: 5000,
 			idleSettle: time.Second, cmdTimeout: time.Minute}
 	}
@@ -69,9 +69,11 @@ type runner struct {
 	tmp    string
 	seq    int
 	be     backends
-	procs  []*proc // every process started, stopped in reverse order at the end
-	udpOK  bool    // l4lb accepts protocol = "udp"
-	udpWhy string  // why not
+	procs  []*proc  // every process started, stopped in reverse order at the end
+	nofile int      // the fd limit children get
+	rep0   []string // notes from before the report exists
+	udpOK  bool     // l4lb accepts protocol = "udp"
+	udpWhy string   // why not
 	tools  map[string]bool
 	sink   *sink
 	echo   *udpEcho
@@ -111,7 +113,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	defer os.RemoveAll(r.tmp)
 	defer r.stopAll()
 
-	raiseNofile(4*r.p.idle+4096, r.logf)
+	r.nofile = raiseNofile(8*r.p.idle+4096, r.logf)
+	if fit := (r.nofile - 4096) / 2; r.p.idle > fit {
+		r.rep0 = append(r.rep0, fmt.Sprintf("idle connections lowered from %d to %d to fit the fd limit %d", r.p.idle, fit, r.nofile))
+		r.p.idle = fit
+	}
 	targets := []*target{{name: "direct", kind: direct}, {name: "l4lb", kind: l4lb}}
 	if !o.Smoke {
 		targets = append(targets,
@@ -121,6 +127,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			&target{name: "nginx-2w", kind: nginx, threads: 2})
 	}
 	r.rep = newReport(targets, r.p.reps)
+	r.rep.Notes = append(r.rep.Notes, r.rep0...)
 	r.rep.Env = environment(o.Bin, r.tools)
 	r.checkUDP()
 	if !r.udpOK {
@@ -145,14 +152,17 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 					return r.rep, err
 				}
 				r.logf("rep %d/%d %s on %s", rep+1, r.p.reps, sc.name, t.name)
+				// A failure costs its cells, not the run: it is noted and
+				// the next target goes on.
 				in, err := r.start(ctx, t)
-				if err != nil {
-					return r.rep, err
+				if err == nil {
+					err = sc.run(ctx, rep, in)
+					in.stop()
 				}
-				err = sc.run(ctx, rep, in)
-				in.stop()
-				if err != nil {
-					return r.rep, fmt.Errorf("%s on %s: %w", sc.name, t.name, err)
+				if err != nil && ctx.Err() == nil {
+					msg := fmt.Sprintf("%s on %s (rep %d) failed: %v", sc.name, t.name, rep+1, err)
+					r.rep.Notes = append(r.rep.Notes, msg)
+					r.logf("%s", msg)
 				}
 			}
 		}
@@ -262,19 +272,26 @@ func (r *runner) checkUDP() {
 	r.udpOK = true
 }
 
-// raiseNofile raises this process's fd limit (soft and hard) to at least n:
-// the suite holds both ends of every idle connection. Children started later
-// inherit it (Go forgets the start-up limit once Setrlimit is called).
-func raiseNofile(n int, logf func(string, ...any)) {
+// raiseNofile raises this process's fd limit (soft and hard) towards n and
+// returns the hard limit it ends with: the suite holds both ends of every idle
+// connection, and its children inherit the limit (Go forgets its start-up
+// soft limit once Setrlimit is called). Raising the hard limit needs
+// CAP_SYS_RESOURCE, which containers often lack.
+func raiseNofile(n int, logf func(string, ...any)) int {
 	var l syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
-		return
+		return 1024
 	}
-	if l.Cur >= uint64(n) && l.Max >= uint64(n) {
-		return
+	if l.Cur >= uint64(n) {
+		return int(l.Max)
 	}
 	want := syscall.Rlimit{Cur: uint64(n), Max: max(l.Max, uint64(n))}
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
-		logf("cannot raise the fd limit to %d (%v): idle-connection figures may fail", n, err)
+		logf("cannot raise the fd limit to %d (%v); keeping the hard limit %d", n, err, l.Max)
+		want = syscall.Rlimit{Cur: l.Max, Max: l.Max}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+			return int(l.Cur)
+		}
 	}
+	return int(want.Max)
 }

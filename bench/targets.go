@@ -123,13 +123,13 @@ func (r *runner) start(ctx context.Context, t *target) (*instance, error) {
 		in.udp = true
 		conf = filepath.Join(dir, "nginx.conf")
 		argv = []string{"nginx", "-g", "daemon off;", "-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", conf}
-		if err := os.WriteFile(conf, []byte(nginxConfig(in, r.be, t.threads, r.p.idle, dir)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(nginxConfig(in, r.be, t.threads, r.p.idle, min(8*r.p.idle+4096, r.nofile), dir)), 0o644); err != nil {
 			return nil, err
 		}
 	}
 	// prlimit execs the proxy in its own place, so the PID is the proxy's.
 	// Room for 2 sockets and 2 splice pipes (4 fds) per idle connection.
-	lim := 8*r.p.idle + 4096
+	lim := min(8*r.p.idle+4096, r.nofile)
 	argv = append([]string{"prlimit", fmt.Sprintf("--nofile=%d:%d", lim, lim), "--"}, argv...)
 	p, err := startProc(dir, t.name, argv...)
 	if err != nil {
@@ -186,7 +186,7 @@ hosts = [ { address = %[3]q } ]
 
 // haproxyConfig: mode tcp with splicing forced both ways (the issue's reference
 // figures are for forced splice), no logs, long timeouts so idle connections
-// stay.
+// stay. maxconn counts client connections, each holding two sockets.
 func haproxyConfig(in *instance, be backends, threads, idle int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `global
@@ -201,7 +201,7 @@ defaults
     timeout server 1h
     option splice-request
     option splice-response
-`, threads, 2*idle+1000, 2*idle+1000)
+`, threads, idle+1000, idle+1000)
 	for s := service(0); s < nService; s++ {
 		if s == svcUDP {
 			continue // HAProxy does not proxy UDP
@@ -214,7 +214,7 @@ defaults
 // nginxConfig: the stream module from Debian's libnginx-mod-stream, no access
 // log, long timeouts so idle connections stay; the UDP server keeps a session
 // per client (proxy_responses unset) like l4lb does.
-func nginxConfig(in *instance, be backends, workers, idle int, dir string) string {
+func nginxConfig(in *instance, be backends, workers, idle, nofile int, dir string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes %d;
@@ -223,7 +223,7 @@ pid %s;
 error_log %s warn;
 events { worker_connections %d; }
 stream {
-`, workers, 8*idle+4096, filepath.Join(dir, "nginx.pid"), filepath.Join(dir, "error.log"), 2*idle+1000)
+`, workers, nofile, filepath.Join(dir, "nginx.pid"), filepath.Join(dir, "error.log"), 2*idle+1000)
 	for s := service(0); s < nService; s++ {
 		if s == svcUDP {
 			fmt.Fprintf(&b, "    server { listen %s udp; proxy_pass %s; proxy_timeout 30s; }\n", in.addr[s], be[s])
