@@ -301,9 +301,14 @@ func (r *runner) idle(ctx context.Context, rep int, in *instance) error {
 		return nil // nothing to measure without a proxy
 	}
 	name := in.t.name
+	// The readiness check's connection through the proxy may still be
+	// closing; start from an empty sink so it is not counted.
+	if !r.sink.waitLive(0, 5*time.Second) {
+		return fmt.Errorf("sink still holds %d connections before the test", r.sink.live.Load())
+	}
 	pids := in.pids()
 	rss0, fd0 := rssOf(pids), fdsOf(pids)
-	base := r.sink.live.Load()
+	base := int64(0)
 	n := r.p.idle
 	conns := make([]net.Conn, n)
 	defer func() {
