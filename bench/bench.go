@@ -129,6 +129,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	r.rep = newReport(targets, r.p.reps)
 	r.rep.Notes = append(r.rep.Notes, r.rep0...)
 	r.rep.Env = environment(o.Bin, r.tools)
+	// Targets run one after another: load from elsewhere lands on some of
+	// them and not others, and the ratios scatter. Say so up front.
+	if busy := busyShare(time.Second); busy > 0.05 {
+		msg := fmt.Sprintf("the machine was %.0f%% busy in the second before the run (other processes): figures will scatter", 100*busy)
+		r.rep.Notes = append(r.rep.Notes, msg)
+		r.logf("warning: %s", msg)
+	}
 	r.checkUDP()
 	if !r.udpOK {
 		r.rep.Notes = append(r.rep.Notes, "UDP on l4lb skipped: "+r.udpWhy)

@@ -193,3 +193,32 @@ func fdsOf(pids []int) int {
 	}
 	return n
 }
+
+// busyShare samples /proc/stat for d and returns the share of all CPUs that
+// was busy (not idle or iowait). Run before the load starts, it tells whether
+// something else on the machine competes with the benchmark.
+func busyShare(d time.Duration) float64 {
+	read := func() (busy, total int64) {
+		b, err := os.ReadFile("/proc/stat")
+		if err != nil {
+			return 0, 0
+		}
+		line, _, _ := strings.Cut(string(b), "\n")
+		f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+		for i, x := range f[1:] {
+			v, _ := strconv.ParseInt(x, 10, 64)
+			total += v
+			if i != 3 && i != 4 {
+				busy += v
+			}
+		}
+		return busy, total
+	}
+	b0, t0 := read()
+	time.Sleep(d)
+	b1, t1 := read()
+	if t1 <= t0 {
+		return 0
+	}
+	return float64(b1-b0) / float64(t1-t0)
+}
