@@ -357,8 +357,6 @@ address = "127.0.0.1:8500"
 `
 	_, err := parseTest(src)
 	keys := []string{
-		"upstream.redis.method",
-		"upstream.redis.pool[0].method",
 		"upstream.redis.pool[1].consul",
 		"control.store", "metrics.listen", "consul.address",
 	}

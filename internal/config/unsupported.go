@@ -26,14 +26,8 @@ func unsupported(c *Config) []error {
 	for _, name := range sortedKeys(c.Upstreams) {
 		u := c.Upstreams[name]
 		k := join("upstream", name)
-		if u.Method != "" && u.Method != RoundRobin {
-			no(k+".method", fmt.Sprintf("%q", u.Method))
-		}
 		for i, p := range u.Pools {
 			pk := index(k+".pool", i)
-			if p.Method != "" && p.Method != RoundRobin {
-				no(pk+".method", fmt.Sprintf("%q", p.Method))
-			}
 			if p.Consul != nil {
 				no(pk+".consul", nil)
 			}

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"hash/fnv"
 	"net"
 	"net/netip"
 	"sync"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/internal/proxyproto"
+	"github.com/l4lb/l4lb/pool"
 )
 
 // clientInfo is who a connection is from, as far as l4lb believes: the
@@ -91,7 +91,7 @@ func (l *Listener) admit(s *Settings, client net.Conn) (*clientInfo, bool) {
 		}
 		cl.counted = true
 	}
-	cl.key = hashKey(cl.addr, s.HashWithPort)
+	cl.key = pool.HashKey(cl.addr, s.HashWithPort)
 	return cl, true
 }
 
@@ -105,8 +105,8 @@ func (l *Listener) releaseClient(s *Settings, cl *clientInfo) {
 // reject closes a refused client at once, counts it, and logs (at most once
 // a second per kind, with the number of lines left out).
 func (l *Listener) reject(client net.Conn, kind int, cl *clientInfo, why string) bool {
+	l.rejected[kind].Add(1) // before the close, so a client that sees it closed sees it counted
 	client.Close()
-	l.rejected[kind].Add(1)
 	if l.rejectLog[kind].allow() {
 		ev := l.log.Warn().Str(logkey.Client, cl.String()).Str(logkey.Reason, why).Str(logkey.Kind, rejectNames[kind])
 		if n := l.rejectLog[kind].takeSuppressed(); n > 0 {
@@ -125,21 +125,6 @@ func inAny(nets []netip.Prefix, ip netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-// hashKey hashes the client's identity for selection methods that keep a
-// client on one host (FNV-1a over the 16-byte address, and the port).
-func hashKey(a netip.AddrPort, withPort bool) uint64 {
-	if !a.IsValid() {
-		return 0
-	}
-	h := fnv.New64a()
-	b := a.Addr().As16()
-	h.Write(b[:])
-	if withPort {
-		h.Write([]byte{byte(a.Port() >> 8), byte(a.Port())})
-	}
-	return h.Sum64()
 }
 
 // sendPreamble writes, before any client byte, the PROXY header (if the

@@ -19,6 +19,7 @@ import (
 
 	"github.com/l4lb/l4lb/internal/proxyproto"
 	"github.com/l4lb/l4lb/internal/testbackend"
+	"github.com/l4lb/l4lb/pool"
 	"github.com/rs/zerolog"
 )
 
@@ -354,4 +355,42 @@ frontend f
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("no answer from haproxy through l4lb; haproxy said:\n%s", out.String())
+}
+
+// TestHashSticky: with method hash, a client IP keeps its host across
+// connections (whatever its source port), and different clients spread.
+func TestHashSticky(t *testing.T) {
+	var hosts []*pool.Host
+	for _, name := range []string{"a", "b", "c"} {
+		b := testbackend.New(t, testbackend.Tagger(name))
+		hosts = append(hosts, pool.NewHost(name, "tcp", b.Addr(), 1))
+	}
+	p, err := pool.NewPool("p", 0, pool.MethodHash, hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, defaults(pool.NewUpstream("u", []*pool.Pool{p}, pool.AllDownReject)))
+	seen := map[string]bool{}
+	for i := 1; i <= 20; i++ {
+		src := fmt.Sprintf("127.0.0.%d", i)
+		var first string
+		for j := 0; j < 3; j++ {
+			c := dialFrom(t, src, r.addr)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j == 0 {
+				first = line
+			} else if line != first {
+				t.Fatalf("client %s went to %q then %q", src, first, line)
+			}
+		}
+		seen[first] = true
+	}
+	if len(seen) < 2 {
+		t.Fatalf("20 clients all on %v", seen)
+	}
 }

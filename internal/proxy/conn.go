@@ -128,8 +128,10 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 		if s.SourceIP.IsValid() && h.Network == "tcp" {
 			d.LocalAddr = &net.TCPAddr{IP: s.SourceIP.AsSlice()}
 		}
+		dialStart := time.Now()
 		c, err := d.DialContext(ctx, h.Network, h.Address)
 		if err == nil {
+			h.ObserveConnect(time.Since(dialStart)) // for method = "fastest"
 			err = l.sendPreamble(s, c, client, cl, timeout)
 			if err == nil {
 				if s.Passive != nil {

@@ -425,7 +425,7 @@ func (l *Listener) open(o *owner, from netip.AddrPort, dst []byte, skipHost *poo
 	if skipHost != nil {
 		skip = func(h *pool.Host) bool { return h == skipHost }
 	}
-	p, h := set.Upstream.Pick(hashKey(from, set.HashSourcePort), skip)
+	p, h := set.Upstream.Pick(pool.HashKey(from, set.HashSourcePort), skip)
 	if h == nil {
 		l.droppedNoHost.Add(1)
 		l.warn("no usable host in any pool", "datagram dropped")
@@ -503,22 +503,4 @@ func (r *limiter) allow(now time.Time) (suppressed uint64, ok bool) {
 		return 0, false
 	}
 	return r.suppressed.Swap(0), true
-}
-
-// hashKey is FNV-1a over the client's IP (in its 16-byte form, so an IPv4
-// client hashes the same whether it came in over IPv4 or a dual-stack
-// socket) and, when asked, its port.
-func hashKey(from netip.AddrPort, withPort bool) uint64 {
-	const offset, prime = 14695981039346656037, 1099511628211
-	h := uint64(offset)
-	ip := from.Addr().Unmap().As16()
-	for _, c := range ip {
-		h = (h ^ uint64(c)) * prime
-	}
-	if withPort {
-		p := from.Port()
-		h = (h ^ uint64(p>>8)) * prime
-		h = (h ^ uint64(p&0xff)) * prime
-	}
-	return h
 }

@@ -469,25 +469,6 @@ func TestShutdown(t *testing.T) {
 	}
 }
 
-func TestHashKey(t *testing.T) {
-	v4 := netip.MustParseAddrPort("192.0.2.1:1000")
-	v4b := netip.MustParseAddrPort("192.0.2.1:2000")
-	mapped := netip.MustParseAddrPort("[::ffff:192.0.2.1]:1000")
-	other := netip.MustParseAddrPort("192.0.2.2:1000")
-	if hashKey(v4, false) != hashKey(v4b, false) {
-		t.Error("source_ip: same IP, other port, other key")
-	}
-	if hashKey(v4, true) == hashKey(v4b, true) {
-		t.Error("source_ip_port: other port, same key")
-	}
-	if hashKey(v4, false) != hashKey(mapped, false) {
-		t.Error("v4-mapped and plain IPv4 hash apart")
-	}
-	if hashKey(v4, false) == hashKey(other, false) {
-		t.Error("two IPs, one key")
-	}
-}
-
 func TestSweepEvery(t *testing.T) {
 	for _, tc := range []struct{ idle, want time.Duration }{
 		{30 * time.Second, time.Second},
