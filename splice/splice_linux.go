@@ -151,6 +151,11 @@ func (d *direction) splice() (handled bool, err error) {
 		case opErr == unix.EINVAL:
 			return false, nil
 		case opErr != nil:
+			if p != nil {
+				// Reading src failed: the pipe was drained before that
+				// read, so it goes back empty.
+				pipes.put(p)
+			}
 			return true, d.srcOrDst(opErr)
 		case eof:
 			if p != nil {

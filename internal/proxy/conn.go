@@ -129,7 +129,7 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 			d.LocalAddr = &net.TCPAddr{IP: s.SourceIP.AsSlice()}
 		}
 		dialStart := time.Now()
-		c, err := d.DialContext(ctx, h.Network, h.Address)
+		c, err := l.dial(ctx, &d, h, dialStart.Add(timeout))
 		if err == nil {
 			h.ObserveConnect(time.Since(dialStart)) // for method = "fastest"
 			err = l.sendPreamble(s, c, client, cl, timeout)
@@ -168,6 +168,33 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 		return nil, nil, nil, fmt.Errorf("no usable host left after %d tries; last: %w", n, lastErr)
 	}
 	return nil, nil, nil, fmt.Errorf("all %d tries failed; last: %w", n, lastErr)
+}
+
+// dial connects to h. When l4lb itself is out of file descriptors (EMFILE,
+// ENFILE) the host is not at fault and fds may free up any moment: it
+// retries, backing off from 5ms, until deadline, rather than dropping a
+// client it has already accepted.
+func (l *Listener) dial(ctx context.Context, d *net.Dialer, h *pool.Host, deadline time.Time) (net.Conn, error) {
+	delay := 5 * time.Millisecond
+	for {
+		c, err := d.DialContext(ctx, h.Network, h.Address)
+		if err == nil || !(errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)) {
+			return c, err
+		}
+		if time.Until(deadline) < delay {
+			return nil, err
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		}
+		if delay *= 2; delay > maxAcceptBackoff {
+			delay = maxAcceptBackoff
+		}
+	}
 }
 
 // dialReason turns a dial error into the short reason operators read in

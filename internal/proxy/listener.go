@@ -169,7 +169,7 @@ func (l *Listener) Run(ctx context.Context) error {
 }
 
 // acceptLoop accepts until the listener is closed. On temporary errors,
-// EMFILE and ENFILE above all, it backs off from 5ms doubling to 1s rather
+// EMFILE and ENFILE above all, it backs off from 5ms doubling to 250ms rather
 // than spinning: on epoll the pending connection stays in the backlog, so
 // retrying at once would burn a core (libuv #690).
 func (l *Listener) acceptLoop(ctx, dialCtx context.Context) error {
@@ -185,8 +185,8 @@ func (l *Listener) acceptLoop(ctx, dialCtx context.Context) error {
 			l.acceptErrors.Add(1)
 			if delay == 0 {
 				delay = 5 * time.Millisecond
-			} else if delay *= 2; delay > time.Second {
-				delay = time.Second
+			} else if delay *= 2; delay > maxAcceptBackoff {
+				delay = maxAcceptBackoff
 			}
 			if now := time.Now(); now.Sub(lastLog) >= time.Second {
 				ev := l.log.Error().Err(err).Dur("retry_in", delay)
@@ -224,6 +224,12 @@ func (l *Listener) acceptLoop(ctx, dialCtx context.Context) error {
 		go l.serveConn(dialCtx, c)
 	}
 }
+
+// maxAcceptBackoff caps the accept back-off. Retrying an accept costs one
+// syscall, so 4 a second is nothing while out of fds, and clients queued in
+// the backlog are served within a quarter second once fds free up (Go's
+// net/http caps at 1s; HAProxy retries after 100ms).
+const maxAcceptBackoff = 250 * time.Millisecond
 
 // drain waits for live connections to end, up to timeout, then aborts the
 // rest and waits for their handlers.

@@ -1,13 +1,17 @@
 // Package testbackend provides real loopback backends for l4lb's tests and
-// demo: servers that echo, greet first, tag themselves, reset, or stay
-// silent, and addresses that refuse or blackhole connections. Every server
+// demo: servers that echo, greet first, tag themselves, hash what they read,
+// answer after a half-close, reset, or stay silent; addresses that refuse or
+// blackhole connections; a flapping HTTP health endpoint; and a chaos relay
+// (delay, bandwidth cap, cut with FIN or RST) since this kernel has no netem. Every server
 // listens on 127.0.0.1 on a port the kernel picks, and Close waits for all
 // of its goroutines.
 package testbackend
 
 import (
+	"crypto/sha256"
 	"io"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -184,4 +188,50 @@ func Blackhole(t testing.TB) string {
 		}
 	}
 	return addr
+}
+
+// Hash is what a Hasher read on one connection.
+type Hash struct {
+	N   int64
+	Sum [32]byte
+}
+
+// Hasher reads each connection to EOF, then reports how many bytes it read
+// and their sha256 on out (which must not block the test for long).
+func Hasher(out chan<- Hash) Handler {
+	return func(c *net.TCPConn) {
+		h := sha256.New()
+		n, _ := io.Copy(h, c)
+		var r Hash
+		r.N = n
+		copy(r.Sum[:], h.Sum(nil))
+		out <- r
+	}
+}
+
+// HalfCloser reads the request to EOF (the client's FIN), then writes
+// response and closes: the `echo x | nc` and HTTP/1.0 pattern.
+func HalfCloser(response []byte) Handler {
+	return func(c *net.TCPConn) {
+		io.Copy(io.Discard, c)
+		c.Write(response)
+	}
+}
+
+// Flapper is an HTTP health endpoint whose status is set by the test.
+type Flapper struct{ status atomic.Int32 }
+
+// NewFlapper returns a flapper answering 200 until Set says otherwise.
+func NewFlapper() *Flapper {
+	f := &Flapper{}
+	f.status.Store(200)
+	return f
+}
+
+// Set makes the endpoint answer code from now on.
+func (f *Flapper) Set(code int) { f.status.Store(int32(code)) }
+
+// ServeHTTP answers with the status in force.
+func (f *Flapper) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	w.WriteHeader(int(f.status.Load()))
 }

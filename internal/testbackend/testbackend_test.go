@@ -2,6 +2,7 @@ package testbackend
 
 import (
 	"errors"
+	"io"
 	"net"
 	"syscall"
 	"testing"
@@ -35,5 +36,51 @@ func TestTagger(t *testing.T) {
 	buf := make([]byte, 3)
 	if _, err := c.Read(buf); err != nil || string(buf) != "b1\n" {
 		t.Fatalf("read %q, %v", buf, err)
+	}
+}
+
+// TestChaosCuts: the relay delivers exactly CutAfter bytes, then cuts with a
+// FIN or with a reset as asked.
+func TestChaosCuts(t *testing.T) {
+	src := New(t, Source(make([]byte, 1<<20)))
+	for _, rst := range []bool{false, true} {
+		c, err := StartChaos(&Chaos{CutAfter: 100 << 10, CutRST: rst}, src.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := net.Dial("tcp", c.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := io.Copy(io.Discard, conn)
+		conn.Close()
+		c.Close()
+		if rst && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("RST cut: %v after %d bytes", err, n)
+		}
+		if !rst && (err != nil || n != 100<<10) {
+			t.Errorf("FIN cut: %d bytes, %v", n, err)
+		}
+	}
+}
+
+// TestChaosRate: the bandwidth cap holds on average.
+func TestChaosRate(t *testing.T) {
+	src := New(t, Source(make([]byte, 256<<10)))
+	c, err := StartChaos(&Chaos{BytesPerS: 1 << 20}, src.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conn, err := net.Dial("tcp", c.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	n, _ := io.Copy(io.Discard, conn)
+	if d := time.Since(start); n != 256<<10 || d < 200*time.Millisecond {
+		t.Fatalf("%d bytes in %v at a 1 MiB/s cap (want >= ~250ms)", n, d)
 	}
 }
