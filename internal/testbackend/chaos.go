@@ -145,5 +145,3 @@ func (c *Chaos) pump(dst, src *net.TCPConn, limit int64) (cut bool) {
 		}
 	}
 }
-
-
