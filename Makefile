@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: all build test test-deps test-short lint demo bench clean
+.PHONY: all build test test-deps test-short lint demo bench reliability fuzz clean
 
 all: build
 
@@ -40,6 +40,25 @@ demo: build
 # written to bench/results/<timestamp>.txt, or to OUT=path.
 bench: build
 	$(GO) run ./bench/cmd/l4lb-bench -bin bin/l4lb $(if $(FULL),-full) $(if $(SMOKE),-smoke) $(if $(OUT),-o $(OUT))
+
+# The reliability suite at full length: a 30-minute soak (SOAK=5m for a
+# shorter one), 10 000 connections (SCALE=N), 5 000 randomized steps.
+SOAK  ?= 30m
+SCALE ?= 10000
+reliability:
+	L4LB_LONG=$(SOAK) L4LB_SCALE=$(SCALE) $(GO) test -count=1 -v -timeout 120m ./internal/reliability/
+
+# Runs every fuzz target for FUZZTIME each; crashers land in the package's
+# testdata/fuzz and are then run by plain `go test` as seeds.
+FUZZTIME ?= 1m
+FUZZ_TARGETS = ./internal/config:FuzzParse ./control:FuzzDecodeRequest \
+	./internal/proxyproto:FuzzRead ./health:FuzzParseGreeting
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s $$pkg || exit 1; \
+	done
 
 clean:
 	rm -rf bin

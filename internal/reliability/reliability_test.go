@@ -81,12 +81,16 @@ var sockSeq atomic.Int64
 // counters reads a listener's counters through the control API.
 func counters(t *testing.T, p *l4lbtest.Proc) map[string]int64 {
 	t.Helper()
-	sock := p.Socket()
-	st, err := control.NewClient(sock).Status(context.Background())
+	return status(t, p).Listeners[0].Counters
+}
+
+func status(t *testing.T, p *l4lbtest.Proc) control.Status {
+	t.Helper()
+	st, err := control.NewClient(p.Socket()).Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return st.Listeners[0].Counters
+	return st
 }
 
 // echoed reports whether c echoes msg back within d.
