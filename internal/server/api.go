@@ -204,6 +204,7 @@ func (s *Server) Reload() error {
 		s.feed.Publish(events.Event{Kind: events.ConfigReloadFailed, Reason: err.Error()})
 		return fmt.Errorf("%w: %w", control.ErrInvalid, err)
 	}
+	s.reloads.Add(1)
 	s.log.Info().Str(logkey.Config, s.path).Msg("config reloaded")
 	s.feed.Publish(events.Event{Kind: events.ConfigReloaded})
 	return nil

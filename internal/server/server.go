@@ -36,6 +36,7 @@ type Server struct {
 
 	reloadMu       sync.Mutex // one reload at a time
 	reloadFailures atomic.Uint64
+	reloads        atomic.Uint64 // successful ones
 
 	mu        sync.Mutex // guards everything below
 	cfg       *config.Config
@@ -146,6 +147,9 @@ func (s *Server) Events() *events.Feed { return s.feed }
 
 // ReloadFailures counts failed reloads.
 func (s *Server) ReloadFailures() uint64 { return s.reloadFailures.Load() }
+
+// Reloads counts successful reloads.
+func (s *Server) Reloads() uint64 { return s.reloads.Load() }
 
 // Upstream returns the live upstream called name, or nil.
 func (s *Server) LiveUpstream(name string) *pool.Upstream {
