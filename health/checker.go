@@ -190,11 +190,13 @@ func (c *Checker) probeLoop(ctx context.Context, l *loop) {
 		case <-timer.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
+		start := time.Now()
 		err := l.prober.Probe(pctx, l.addr)
 		cancel()
 		if ctx.Err() != nil {
 			return // stopped mid-probe: not the host's fault
 		}
+		l.t.Host.ObserveCheck(time.Since(start)) // for metrics
 		c.observe(l, &cnt, err)
 		timer.Reset(jitter(l.cfg.Interval, l.cfg.Jitter))
 	}

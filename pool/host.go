@@ -33,6 +33,12 @@ type Host struct {
 	bytesToHost   atomic.Uint64
 	bytesFromHost atomic.Uint64
 
+	// For metrics: failed connects by kind (CountConnectFailure) and the
+	// duration of the last active check (ObserveCheck). Written on failure
+	// and check paths only, never per connection.
+	connectFailures [NumFailKinds]atomic.Uint64
+	lastCheck       atomic.Int64 // time.Duration; 0 = no check yet
+
 	mu             sync.Mutex   // guards the fields below and writes to state
 	healthy        bool         // health: set by checks and passive health
 	admin          State        // StateUp (none), StateManualDown or StateDraining
@@ -62,6 +68,32 @@ type HostStats struct {
 	Total          uint64    `json:"total"`
 	BytesToHost    uint64    `json:"bytes_to_host"`
 	BytesFromHost  uint64    `json:"bytes_from_host"`
+
+	// For metrics, not (yet) in the control API's JSON.
+	ConnectFailures [NumFailKinds]uint64 `json:"-"` // by FailKind, since the host was created
+	CheckDuration   time.Duration        `json:"-"` // of the last active check; 0 = none yet
+}
+
+// FailKind is why a connect to a host failed, in the few classes metrics
+// count separately.
+type FailKind uint8
+
+const (
+	FailRefused     FailKind = iota // connection refused (or no such socket file)
+	FailTimeout                     // the connect timed out
+	FailUnreachable                 // host or network unreachable
+	FailOther                       // anything else, a failed PROXY header write included
+	NumFailKinds
+)
+
+var failKindNames = [NumFailKinds]string{"refused", "timeout", "unreachable", "other"}
+
+// String returns the label metrics use: refused, timeout, unreachable, other.
+func (k FailKind) String() string {
+	if k < NumFailKinds {
+		return failKindNames[k]
+	}
+	return "other"
 }
 
 // NewHost returns an up host. An empty id means the address; an empty network
@@ -352,6 +384,18 @@ func (h *Host) ConnectFailed(reason string, now time.Time) {
 	h.mu.Unlock()
 }
 
+// CountConnectFailure counts a failed connect of kind k, for metrics. Unlike
+// ConnectFailed it never resets and decides nothing.
+func (h *Host) CountConnectFailure(k FailKind) {
+	if k >= NumFailKinds {
+		k = FailOther
+	}
+	h.connectFailures[k].Add(1)
+}
+
+// ObserveCheck records how long the last active health check took.
+func (h *Host) ObserveCheck(d time.Duration) { h.lastCheck.Store(max(int64(d), 1)) }
+
 // ResetFails sets the fail count back to zero, typically after a successful
 // connect or when the host comes back up. The last failure is kept for display.
 func (h *Host) ResetFails() {
@@ -376,6 +420,10 @@ func (h *Host) Stats() HostStats {
 		Total:         h.total.Load(),
 		BytesToHost:   h.bytesToHost.Load(),
 		BytesFromHost: h.bytesFromHost.Load(),
+		CheckDuration: time.Duration(h.lastCheck.Load()),
+	}
+	for k := range st.ConnectFailures {
+		st.ConnectFailures[k] = h.connectFailures[k].Load()
 	}
 	h.mu.Lock()
 	st.State = State(h.state.Load())

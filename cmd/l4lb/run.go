@@ -44,11 +44,18 @@ func run(path string, stderr io.Writer) int {
 		return 1
 	}
 	log := newLogger(cfg.Log, stderr)
+	acc, accLog, err := openAccessLog(cfg.Log, os.Stdout, stderr)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot open the access log")
+		return 1
+	}
+	defer acc.Close() // nil-safe
 	srv, err := server.New(path, cfg, log)
 	if err != nil {
 		printConfigErrors(stderr, err)
 		return 1
 	}
+	srv.SetAccessLog(accLog)
 	if err := srv.Bind(); err != nil {
 		log.Error().Err(err).Msg("cannot listen")
 		return 1
@@ -81,12 +88,23 @@ func run(path string, stderr io.Writer) int {
 	} else {
 		ctlDone <- nil
 	}
+	metricsDone, err := startMetrics(ctx, cfg, srv, log)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot serve metrics")
+		stop()
+		<-done
+		<-ctlDone
+		return 1
+	}
 	log.Info().Str(logkey.Version, versionString()).Str(logkey.Config, path).Msg("l4lb ready")
 
 	for {
 		select {
 		case <-hup:
-			srv.Reload() // logs and counts its own failure; the old config stays
+			srv.Reload()                         // logs and counts its own failure; the old config stays
+			if err := acc.Reopen(); err != nil { // logrotate moved it
+				log.Error().Err(err).Msg("reopening the access log")
+			}
 		case <-ctx.Done():
 			log.Info().Msg("shutting down: no new connections; draining")
 			start := time.Now()
@@ -96,6 +114,9 @@ func run(path string, stderr io.Writer) int {
 			}
 			if err := <-ctlDone; err != nil {
 				log.Error().Err(err).Msg("control API")
+			}
+			if err := <-metricsDone; err != nil {
+				log.Error().Err(err).Msg("metrics")
 			}
 			log.Info().Float64(logkey.Duration, time.Since(start).Seconds()).Msg("stopped")
 			return 0

@@ -24,7 +24,17 @@ type Config struct {
 type Log struct {
 	Level  string    `toml:"level"`  // debug | info | warn | error; default info
 	Format LogFormat `toml:"format"` // console | json; default console
+	// Access is where the per-connection lines go, as JSON (docs/METRICS.md):
+	// "" (default) = the main log, as every other line; "stderr" or "stdout";
+	// or an absolute file path, reopened on SIGHUP for logrotate.
+	Access string `toml:"access"`
 }
+
+// Access log destinations besides a file path.
+const (
+	AccessStderr = "stderr"
+	AccessStdout = "stdout"
+)
 
 // Control configures the control API socket and where live edits are kept.
 type Control struct {
@@ -40,7 +50,7 @@ type Control struct {
 
 // Metrics configures the Prometheus endpoint.
 type Metrics struct {
-	Listen string `toml:"listen"` // "" = off
+	Listen string `toml:"listen"` // "ip:port" or ":port" serving /metrics; "" = off
 }
 
 // Consul says where the Consul agent is.

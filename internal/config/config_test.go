@@ -217,6 +217,20 @@ func TestBadConfigs(t *testing.T) {
 			"log.level", 13, `unknown level "loud"`},
 		{"log format", base + "[log]\nformat = \"xml\"\n",
 			"log.format", 13, `unknown value "xml"`},
+		{"log access relative", base + "[log]\naccess = \"access.log\"\n",
+			"log.access", 13, `want "stderr", "stdout" or an absolute file path`},
+		{"log access absolute", base + "[log]\naccess = \"/var/log/l4lb/access.log\"\n",
+			"", 0, ""},
+		{"log access stderr", base + "[log]\naccess = \"stderr\"\n",
+			"", 0, ""},
+		{"metrics listen", base + "[metrics]\nlisten = \"127.0.0.1:9790\"\n",
+			"", 0, ""},
+		{"metrics listen port only", base + "[metrics]\nlisten = \":9790\"\n",
+			"", 0, ""},
+		{"metrics listen unix", base + "[metrics]\nlisten = \"unix:/run/m.sock\"\n",
+			"metrics.listen", 13, `want "ip:port" or ":port"`},
+		{"metrics listen name", base + "[metrics]\nlisten = \"localhost:9790\"\n",
+			"metrics.listen", 13, `want "ip:port" or ":port"`},
 		{"unknown key", base + "[log]\nlevle = \"info\"\n",
 			"log.levle", 13, `unknown key (did you mean "level"?)`},
 		{"unknown key in array element", strings.Replace(base, `{ address = "127.0.0.1:6379" }`, `{ address = "127.0.0.1:6379", wieght = 2 }`, 1),
@@ -350,15 +364,13 @@ type = "redis"
 
 [control]
 store = "consul"
-[metrics]
-listen = "127.0.0.1:9790"
 [consul]
 address = "127.0.0.1:8500"
 `
 	_, err := parseTest(src)
 	keys := []string{
 		"upstream.redis.pool[1].consul",
-		"control.store", "metrics.listen", "consul.address",
+		"control.store", "consul.address",
 	}
 	for _, k := range keys {
 		e := findKey(err, k)

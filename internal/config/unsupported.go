@@ -17,9 +17,6 @@ func unsupported(c *Config) []error {
 	if c.Control.Store == "consul" {
 		no("control.store", `"consul"`)
 	}
-	if c.Metrics.Listen != "" {
-		no("metrics.listen", nil)
-	}
 	if c.Consul.Address != "" {
 		no("consul.address", nil)
 	}

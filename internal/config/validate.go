@@ -22,6 +22,14 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 		v.bad("log.level", "unknown level %q (want %s)", c.Log.Level, strings.Join(logLevels, " | "))
 	}
 	oneOf(v, "log.format", c.Log.Format, logFormats)
+	if a := c.Log.Access; a != "" && a != AccessStderr && a != AccessStdout && !filepath.IsAbs(a) {
+		v.bad("log.access", "want \"stderr\", \"stdout\" or an absolute file path, got %q", a)
+	}
+	if m := c.Metrics.Listen; m != "" {
+		if network, _, err := parseListen(m, TCP); err != nil || network != string(TCP) {
+			v.bad("metrics.listen", "want \"ip:port\" or \":port\", got %q", m)
+		}
+	}
 
 	m, err := strconv.ParseUint(c.Control.Mode, 8, 32)
 	if err != nil || m > 0o777 {

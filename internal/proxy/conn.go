@@ -12,6 +12,7 @@ import (
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/pool"
 	"github.com/l4lb/l4lb/splice"
+	"github.com/rs/zerolog"
 )
 
 const defaultConnectTimeout = 5 * time.Second
@@ -34,19 +35,17 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 		return
 	}
 	defer l.releaseClient(s, cl)
-	log := l.log.With().Str(logkey.Client, cl.String()).Logger()
-	if cl.via.IsValid() {
-		log = log.With().Str(logkey.Via, cl.via.String()).Logger()
-	}
 
 	backend, p, h, err := l.connect(dialCtx, s, client, cl)
 	if err != nil {
 		l.noBackend.Add(1)
 		client.Close()
-		log.Warn().Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Reason, err.Error()).
-			Float64(logkey.Duration, time.Since(start).Seconds()).Msg("client closed: no backend")
+		l.endLine(s, cl, true).Str(logkey.Upstream, s.Upstream.Name).
+			Float64(logkey.Duration, time.Since(start).Seconds()).Str(logkey.End, "no backend").
+			Str(logkey.Reason, err.Error()).Msg("client closed: no backend")
 		return
 	}
+	l.connected.Add(1)
 
 	sess := splice.New(client, backend, splice.Options{IdleTimeout: s.IdleTimeout, FinTimeout: s.FinTimeout})
 	if !l.track(sess, h) {
@@ -56,10 +55,7 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 	l.untrack(sess)
 	h.ConnClosed(res.AToB, res.BToA)
 
-	ev := log.Info()
-	if res.End == splice.EndError {
-		ev = log.Warn()
-	}
+	ev := l.endLine(s, cl, res.End == splice.EndError)
 	ev = ev.Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, p.Name).Str(logkey.Host, h.ID).
 		Uint64(logkey.BytesUp, res.AToB+uint64(len(cl.rest))).Uint64(logkey.BytesDown, res.BToA).
 		Float64(logkey.Duration, time.Since(start).Seconds()).Str(logkey.End, endName(res)).Bool(logkey.Spliced, res.Spliced)
@@ -67,6 +63,28 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 		ev = ev.Str(logkey.Reason, res.Err.Error())
 	}
 	ev.Msg("connection closed")
+}
+
+// endLine starts the line a connection ends with: in the access log when
+// the settings name one, else in the main log; warn raises it to a warning.
+// Its fields are documented in docs/METRICS.md and must stay stable.
+func (l *Listener) endLine(s *Settings, cl *clientInfo, warn bool) *zerolog.Event {
+	var ev *zerolog.Event
+	switch {
+	case s.Access == nil && warn:
+		ev = l.log.Warn()
+	case s.Access == nil:
+		ev = l.log.Info() // l.log carries the listener field
+	case warn:
+		ev = s.Access.Warn().Str(logkey.Listener, l.name)
+	default:
+		ev = s.Access.Info().Str(logkey.Listener, l.name)
+	}
+	ev = ev.Str(logkey.Client, cl.String())
+	if cl.via.IsValid() {
+		ev = ev.Str(logkey.Via, cl.via.String())
+	}
+	return ev
 }
 
 // endName says how a connection ended in the words an operator reads: side A
@@ -149,7 +167,11 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 		lastErr = fmt.Errorf("%s %s: %s", p.Name, h.ID, reason)
 		l.connectFails.Add(1)
 		// Our own fd shortage is not the host's fault.
-		switch local := errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE); {
+		local := errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+		if !local {
+			h.CountConnectFailure(failKind(err))
+		}
+		switch {
 		case local:
 		case s.Passive != nil:
 			s.Passive.Failed(h, reason)
@@ -195,6 +217,21 @@ func (l *Listener) dial(ctx context.Context, d *net.Dialer, h *pool.Host, deadli
 			delay = maxAcceptBackoff
 		}
 	}
+}
+
+// failKind classifies a connect error for the per-host metrics, as
+// dialReason does for people.
+func failKind(err error) pool.FailKind {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT):
+		return pool.FailRefused
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return pool.FailTimeout
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return pool.FailUnreachable
+	}
+	return pool.FailOther
 }
 
 // dialReason turns a dial error into the short reason operators read in

@@ -45,6 +45,11 @@ type Settings struct {
 	// records failures on the host itself. When nil the listener records
 	// failures with Host.ConnectFailed.
 	Passive Passive
+
+	// Access, when set, receives the one line each connection ends with
+	// ("connection closed", "client closed: no backend"), which then stays
+	// out of the main log. nil = the main log, as the listener's other lines.
+	Access *zerolog.Logger
 }
 
 // Passive is the passive health hook (package health's Passive satisfies
@@ -61,6 +66,7 @@ type Stats struct {
 	NoBackend    uint64 // clients closed because no host could be connected
 	AcceptErrors uint64 // accept(2) failures (EMFILE and the like)
 	ConnectFails uint64 // failed connect attempts
+	Connected    uint64 // connections that reached a host (Connected+ConnectFails = connect attempts)
 	// Clients refused before any backend work, by reason.
 	Denied, OverListenerLimit, OverClientLimit, Untrusted, BadProxyHeader uint64
 }
@@ -73,11 +79,11 @@ type Listener struct {
 	log  zerolog.Logger
 	set  atomic.Pointer[Settings]
 
-	accepted, noBackend, acceptErrors, connectFails atomic.Uint64
-	active                                          atomic.Int64
-	rejected                                        [numRejects]atomic.Uint64
-	rejectLog                                       [numRejects]rateLog
-	clients                                         clientCounts
+	accepted, noBackend, acceptErrors, connectFails, connected atomic.Uint64
+	active                                                     atomic.Int64
+	rejected                                                   [numRejects]atomic.Uint64
+	rejectLog                                                  [numRejects]rateLog
+	clients                                                    clientCounts
 
 	mu       sync.Mutex
 	conns    map[*splice.Session]*pool.Host
@@ -139,6 +145,7 @@ func (l *Listener) Stats() Stats {
 		NoBackend:    l.noBackend.Load(),
 		AcceptErrors: l.acceptErrors.Load(),
 		ConnectFails: l.connectFails.Load(),
+		Connected:    l.connected.Load(),
 
 		Denied:            l.rejected[rejectDenied].Load(),
 		OverListenerLimit: l.rejected[rejectListenerFull].Load(),

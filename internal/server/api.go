@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/l4lb/l4lb/control"
@@ -204,6 +205,7 @@ func (s *Server) Reload() error {
 		s.feed.Publish(events.Event{Kind: events.ConfigReloadFailed, Reason: err.Error()})
 		return fmt.Errorf("%w: %w", control.ErrInvalid, err)
 	}
+	s.reloads.Add(1)
 	s.log.Info().Str(logkey.Config, s.path).Msg("config reloaded")
 	s.feed.Publish(events.Event{Kind: events.ConfigReloaded})
 	return nil
@@ -268,10 +270,30 @@ func (s *Server) replay(sp specs, journal []op) (specs, []op) {
 }
 
 // sameControl refuses a reload that changes what a reload cannot: the
-// control socket and the state directory (restart for those).
+// control socket and state directory, the metrics address and the logs,
+// which are set up once at start (restart for those). Refusing is better
+// than accepting the file and silently keeping the old values.
 func sameControl(a, b *config.Config) error {
-	if a.Control.Socket != b.Control.Socket || a.Control.StateDir != b.Control.StateDir {
-		return errors.New("control.socket and control.state_dir cannot change on reload: restart l4lb to change them")
+	var changed []string
+	for _, c := range []struct {
+		key  string
+		a, b any
+	}{
+		{"control.socket", a.Control.Socket, b.Control.Socket},
+		{"control.state_dir", a.Control.StateDir, b.Control.StateDir},
+		{"control.mode", a.Control.Mode, b.Control.Mode},
+		{"control.group", a.Control.Group, b.Control.Group},
+		{"metrics.listen", a.Metrics.Listen, b.Metrics.Listen},
+		{"log.level", a.Log.Level, b.Log.Level},
+		{"log.format", a.Log.Format, b.Log.Format},
+		{"log.access", a.Log.Access, b.Log.Access},
+	} {
+		if c.a != c.b {
+			changed = append(changed, c.key)
+		}
+	}
+	if len(changed) > 0 {
+		return fmt.Errorf("%s cannot change on reload: restart l4lb to change them (nothing was changed)", strings.Join(changed, ", "))
 	}
 	return nil
 }

@@ -36,6 +36,7 @@ type Server struct {
 
 	reloadMu       sync.Mutex // one reload at a time
 	reloadFailures atomic.Uint64
+	reloads        atomic.Uint64 // successful ones
 
 	mu        sync.Mutex // guards everything below
 	cfg       *config.Config
@@ -48,6 +49,8 @@ type Server struct {
 	runCtx    context.Context // set by Run; nil before
 	stopping  bool
 	errs      chan error // Run's error channel, for listeners started by a reload
+
+	access *zerolog.Logger // the access log; nil = the main log
 
 	// view is what the health sink needs, published whenever it changes so
 	// that the sink never takes s.mu.
@@ -124,6 +127,14 @@ func New(path string, cfg *config.Config, log zerolog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// SetAccessLog sends per-connection lines to log (nil: the main log). Call
+// it before Bind.
+func (s *Server) SetAccessLog(log *zerolog.Logger) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.access = log
+}
+
 // checkHealthConfigs validates every pool's active check.
 func checkHealthConfigs(cfg *config.Config) error {
 	var errs []error
@@ -146,6 +157,9 @@ func (s *Server) Events() *events.Feed { return s.feed }
 
 // ReloadFailures counts failed reloads.
 func (s *Server) ReloadFailures() uint64 { return s.reloadFailures.Load() }
+
+// Reloads counts successful reloads.
+func (s *Server) Reloads() uint64 { return s.reloads.Load() }
 
 // Upstream returns the live upstream called name, or nil.
 func (s *Server) LiveUpstream(name string) *pool.Upstream {
@@ -249,6 +263,7 @@ func (s *Server) udpSettings(lc *config.Listener) *udp.Settings {
 		Responses:      lc.Responses,
 		MaxSessions:    lc.MaxSessions,
 		HashSourcePort: lu.spec.Cfg.HashKey == config.SourceIPPort,
+		Access:         s.access,
 		OnHostError:    func(_ *pool.Pool, h *pool.Host, reason string) { passive.Failed(h, reason) },
 	}
 }
@@ -274,6 +289,7 @@ func (s *Server) settings(lc *config.Listener) *proxy.Settings {
 		ProxyTimeout:   time.Duration(lc.ProxyProtocolTimeout),
 		SourceIP:       lc.SourceIP,
 		Passive:        s.passive,
+		Access:         s.access,
 	}
 	switch lc.ProxyProtocol {
 	case "v1":

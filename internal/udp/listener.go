@@ -38,6 +38,9 @@ type Settings struct {
 	// on a session's socket, after the host has recorded it: the passive
 	// health hook. It is called from session goroutines and must not block.
 	OnHostError func(p *pool.Pool, h *pool.Host, reason string)
+	// Access, when set, receives a "session closed" line at info for every
+	// session. nil = that line goes to the main log at debug.
+	Access *zerolog.Logger
 }
 
 // Stats are a listener's counters. Up is client to host, down host to client.

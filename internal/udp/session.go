@@ -12,6 +12,7 @@ import (
 
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/pool"
+	"github.com/rs/zerolog"
 )
 
 // Log keys of this package's session line, beside those of logkey.
@@ -247,7 +248,13 @@ func (s *session) release() {
 	up, down := s.bytesUp.Load(), s.bytesDown.Load()
 	s.host.ConnClosed(up, down)
 	end := endReason(s.end.Load())
-	if ev := l.log.Debug(); ev.Enabled() {
+	var ev *zerolog.Event
+	if acc := s.set.Access; acc != nil {
+		ev = acc.Info().Str(logkey.Listener, l.name)
+	} else {
+		ev = l.log.Debug()
+	}
+	if ev.Enabled() {
 		ev = ev.Str(logkey.Client, s.client.String()).Str(logkey.Upstream, s.set.Upstream.Name).
 			Str(logkey.Pool, s.pool.Name).Str(logkey.Host, s.host.ID).
 			Uint64(keyDatagramsUp, s.dgramsUp.Load()).Uint64(keyDatagramsDown, s.dgramsDown.Load()).

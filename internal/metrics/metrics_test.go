@@ -1,0 +1,350 @@
+package metrics_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/l4lb/l4lb/internal/config"
+	"github.com/l4lb/l4lb/internal/metrics"
+	"github.com/l4lb/l4lb/internal/server"
+	"github.com/l4lb/l4lb/internal/testbackend"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// startMetrics serves reg on 127.0.0.1:0 until the test ends.
+func startMetrics(t *testing.T, src metrics.Source) string {
+	t.Helper()
+	ms, err := metrics.Listen("127.0.0.1:0", metrics.NewRegistry(src, "v1.2.3-test"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ms.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("metrics Run: %v", err)
+		}
+	})
+	return ms.Addr().String()
+}
+
+// get fetches a path from the metrics server without keeping a connection
+// (goleak would see the client's idle connection goroutines).
+func get(t *testing.T, addr, path string) (int, []byte) {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+type families map[string]*dto.MetricFamily
+
+func scrape(t *testing.T, addr string) families {
+	t.Helper()
+	code, body := get(t, addr, "/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics: %d\n%s", code, body)
+	}
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("parsing the scrape: %v\n%s", err, body)
+	}
+	return fams
+}
+
+// value returns the value of the series of name whose labels include want
+// ("k=v" pairs), and whether there is one.
+func (f families) value(name string, want ...string) (float64, bool) {
+	mf := f[name]
+	if mf == nil {
+		return 0, false
+	}
+next:
+	for _, m := range mf.GetMetric() {
+		have := map[string]string{}
+		for _, lp := range m.GetLabel() {
+			have[lp.GetName()] = lp.GetValue()
+		}
+		for _, kv := range want {
+			k, v, _ := strings.Cut(kv, "=")
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true
+		}
+		return m.GetUntyped().GetValue(), true
+	}
+	return 0, false
+}
+
+// Traffic through a real server: every connection tries the refusing host
+// of the first pool, fails, and is served by the echo host of the second.
+// The scrape must count exactly that.
+func TestScrapeAfterKnownTraffic(t *testing.T) {
+	echo := testbackend.New(t, testbackend.Echo)
+	refused := testbackend.Refuser(t)
+	toml := fmt.Sprintf(`
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "app"
+deny = ["127.0.0.2"]
+
+[upstream.app]
+tries = 2
+max_fails = 0  # the refusing host stays up: every connection tries it first
+
+[[upstream.app.pool]]
+name = "first"
+priority = 0
+hosts = [{ address = %q, id = "refuser" }]
+
+[[upstream.app.pool]]
+name = "second"
+priority = 1
+hosts = [{ address = %q, id = "echo" }]
+[upstream.app.pool.health]
+type = "tcp"
+interval = "100ms"
+timeout = "50ms"
+`, refused, echo.Addr())
+	cfg, err := config.Parse("test.toml", []byte(toml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New("", cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Bind(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server Run: %v", err)
+		}
+	})
+	addr := srv.Listeners()[0].Addr().String()
+	maddr := startMetrics(t, srv)
+
+	// Known traffic: n connections of known sizes, echoed back whole.
+	sizes := []int{1, 100, 4096, 65536, 1 << 20}
+	var sent int
+	for _, n := range sizes {
+		echoOnce(t, addr, n)
+		sent += n
+	}
+	// One client refused by the deny list, before any backend work.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	if c, err := d.Dial("tcp", addr); err != nil {
+		t.Fatal(err)
+	} else {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Error("the denied client read a byte")
+		}
+		c.Close()
+	}
+	// Wait for every handler to account for its connection.
+	l := srv.Listeners()[0]
+	deadline := time.Now().Add(5 * time.Second)
+	for st := l.Stats(); st.Active != 0 || st.Accepted != uint64(len(sizes)+1); st = l.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("listener never settled: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Wait for one health check of the echo host.
+	for !checked(srv, "echo") {
+		if time.Now().After(deadline) {
+			t.Fatal("no health check ran")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	f := scrape(t, maddr)
+	n := float64(len(sizes))
+	refuser := []string{"upstream=app", "pool=first", "host=refuser"}
+	echoH := []string{"upstream=app", "pool=second", "host=echo"}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"l4lb_listener_connections_total", []string{"listener=front"}, n + 1},
+		{"l4lb_listener_connections_active", []string{"listener=front"}, 0},
+		{"l4lb_listener_rejected_total", []string{"listener=front", "reason=denied"}, 1},
+		{"l4lb_listener_rejected_total", []string{"listener=front", "reason=max_connections"}, 0},
+		{"l4lb_listener_connect_attempts_total", []string{"listener=front"}, 2 * n},
+		{"l4lb_listener_connect_failures_total", []string{"listener=front"}, n},
+		{"l4lb_listener_no_backend_total", []string{"listener=front"}, 0},
+		{"l4lb_listener_accept_errors_total", []string{"listener=front"}, 0},
+		{"l4lb_listener_info", []string{"listener=front", "protocol=tcp", "upstream=app", "address=" + addr}, 1},
+
+		{"l4lb_host_connections_total", echoH, n},
+		{"l4lb_host_connections_active", echoH, 0},
+		{"l4lb_host_bytes_total", append(echoH, "direction=to_host"), float64(sent)},
+		{"l4lb_host_bytes_total", append(echoH, "direction=from_host"), float64(sent)},
+		{"l4lb_host_connect_failures_total", append(echoH, "reason=refused"), 0},
+		{"l4lb_host_state", append(echoH, "state=up"), 1},
+		{"l4lb_host_state", append(echoH, "state=down"), 0},
+		{"l4lb_host_healthy", echoH, 1},
+		{"l4lb_host_weight", echoH, 1},
+
+		{"l4lb_host_connections_total", refuser, 0},
+		{"l4lb_host_bytes_total", append(refuser, "direction=to_host"), 0},
+		{"l4lb_host_connect_failures_total", append(refuser, "reason=refused"), n},
+		{"l4lb_host_connect_failures_total", append(refuser, "reason=timeout"), 0},
+
+		{"l4lb_config_reloads_total", nil, 0},
+		{"l4lb_config_reload_failures_total", nil, 0},
+		{"l4lb_build_info", []string{"version=v1.2.3-test"}, 1},
+	} {
+		got, ok := f.value(c.name, c.labels...)
+		if !ok {
+			t.Errorf("%s%v: missing", c.name, c.labels)
+		} else if got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if d, ok := f.value("l4lb_host_health_check_duration_seconds", echoH...); !ok || d <= 0 || d > 1 {
+		t.Errorf("check duration of the echo host = %v, %v; want a small positive number", d, ok)
+	}
+	if _, ok := f.value("l4lb_host_health_check_duration_seconds", refuser...); ok {
+		t.Error("a check duration for a host without active checks")
+	}
+	if _, ok := f.value("process_open_fds"); !ok {
+		t.Error("no process metrics")
+	}
+}
+
+// checked reports whether the host with id has had an active check.
+func checked(srv *server.Server, id string) bool {
+	for _, h := range srv.Status().Hosts {
+		if h.ID == id && h.CheckDuration > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// echoOnce sends n bytes through addr, half-closes, and checks that the
+// same n bytes come back.
+func echoOnce(t *testing.T, addr string, n int) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	payload := bytes.Repeat([]byte("x"), n)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(c)
+	if werr := <-errc; werr != nil {
+		t.Fatal(werr)
+	}
+	if err != nil || len(got) != n {
+		t.Fatalf("echo of %d bytes: got %d, %v", n, len(got), err)
+	}
+}
+
+func TestServerStopsWithContext(t *testing.T) {
+	cfg, err := config.Parse("test.toml", []byte(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New("", cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms, err := metrics.Listen("127.0.0.1:0", metrics.NewRegistry(srv, "test"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ms.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ms.Run(ctx) }()
+
+	for _, c := range []struct {
+		path string
+		code int
+		body string
+	}{
+		{"/healthz", 200, "ok\n"},
+		{"/metrics", 200, "l4lb_build_info"},
+		{"/", 404, ""},
+		{"/debug/pprof/", 404, ""},
+	} {
+		code, body := get(t, addr, c.path)
+		if code != c.code || !strings.Contains(string(body), c.body) {
+			t.Errorf("GET %s: %d %q, want %d with %q", c.path, code, body, c.code, c.body)
+		}
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Error("still listening after Run returned")
+	}
+}
+
+func TestListenError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, err := metrics.Listen(ln.Addr().String(), nil, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "metrics:") {
+		t.Errorf("Listen on a taken port: %v", err)
+	}
+}

@@ -1,0 +1,88 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	stdlog "log"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+)
+
+// shutdownTimeout bounds how long Run waits for scrapes in progress once
+// its context ends; then they are cut.
+const shutdownTimeout = 5 * time.Second
+
+// Server serves a registry over HTTP: GET /metrics (Prometheus text) and
+// GET /healthz ("ok"). Everything else is 404.
+type Server struct {
+	ln  net.Listener
+	srv *http.Server
+}
+
+// Listen binds addr ("127.0.0.1:9790") for reg. It starts nothing: call Run.
+func Listen(addr string, reg *prometheus.Registry, log zerolog.Logger) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		// One bad metric must not hide all the others.
+		ErrorHandling:       promhttp.ContinueOnError,
+		ErrorLog:            promLogger{log},
+		MaxRequestsInFlight: 4,
+		Registry:            reg, // promhttp_metric_handler_* about the scrapes themselves
+	}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	return &Server{ln: ln, srv: &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          stdlog.New(log, "metrics: ", 0),
+	}}, nil
+}
+
+// Addr returns the bound address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Run serves until ctx ends, then lets scrapes in progress finish (up to
+// 5s) and returns once the server has stopped. It returns nil after a
+// clean stop.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go serve(s.srv, s.ln, errc)
+	select {
+	case err := <-errc:
+		return fmt.Errorf("metrics: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if err := s.srv.Shutdown(sctx); err != nil {
+		s.srv.Close()
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	return nil
+}
+
+func serve(srv *http.Server, ln net.Listener, errc chan<- error) { errc <- srv.Serve(ln) }
+
+// promLogger sends promhttp's errors (a metric that could not be gathered)
+// to the log.
+type promLogger struct{ log zerolog.Logger }
+
+func (l promLogger) Println(v ...any) { l.log.Error().Msg(fmt.Sprint(v...)) }
