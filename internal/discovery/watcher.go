@@ -162,6 +162,9 @@ func (x *watcher) poll(ctx context.Context, limit time.Duration) result {
 // fail counts a failed request; the first of a run is reported.
 func (x *watcher) fail(ctx context.Context, err error) {
 	x.failures++
+	// The retry does not block: recovery is seen (and reported) at once,
+	// and an agent that came back with other indexes starts clean.
+	x.index = 0
 	x.d.setStatus(x.key, func(st *Status) { st.Failures, st.LastError = x.failures, err.Error() })
 	if x.failures > 1 {
 		x.log.Debug().Err(err).Int("failures", x.failures).Msg("consul query failed")
