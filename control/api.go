@@ -152,8 +152,25 @@ type HostPatch struct {
 
 // Status is the body of GET /v1/status.
 type Status struct {
-	Hosts     []HostStatus     `json:"hosts"`
-	Listeners []ListenerStatus `json:"listeners"`
+	Hosts     []HostStatus      `json:"hosts"`
+	Listeners []ListenerStatus  `json:"listeners"`
+	Discovery []DiscoveryStatus `json:"discovery,omitempty"`
+}
+
+// DiscoveryStatus is where a pool that follows a Consul service has its
+// hosts from, and how fresh they are.
+type DiscoveryStatus struct {
+	Upstream   string    `json:"upstream"`
+	Pool       string    `json:"pool"`
+	Watch      string    `json:"watch"`                // the service and its filters: "redis?passing=1&tag=primary"
+	Source     string    `json:"source"`               // consul | last_known_good | waiting
+	Index      uint64    `json:"index"`                // Consul's index of the data in use
+	Updated    time.Time `json:"updated,omitzero"`     // when that data was answered
+	Age        string    `json:"age,omitempty"`        // how long ago, rounded to the second
+	Hosts      int       `json:"hosts"`                // hosts the pool has now
+	Failures   int       `json:"failures,omitempty"`   // consecutive failed queries
+	Error      string    `json:"error,omitempty"`      // the last failure, while failing
+	EmptySince time.Time `json:"empty_since,omitzero"` // an empty answer held back since then
 }
 
 // ListenerStatus is one listener's counters. TCP listeners count accepted,

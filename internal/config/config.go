@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -53,9 +54,22 @@ type Metrics struct {
 	Listen string `toml:"listen"` // "ip:port" or ":port" serving /metrics; "" = off
 }
 
-// Consul says where the Consul agent is.
+// Consul says where the Consul agent is and how to watch it. It is used by
+// pools with a consul table.
 type Consul struct {
-	Address string `toml:"address"` // "" = the Consul client's default
+	Address        string   `toml:"address"`         // host:port of the agent's HTTP API; default "127.0.0.1:8500"
+	Scheme         string   `toml:"scheme"`          // http | https; default http
+	Token          string   `toml:"token"`           // ACL token; "" = token_file, or none
+	TokenFile      string   `toml:"token_file"`      // file holding the ACL token, read once at start
+	Datacenter     string   `toml:"datacenter"`      // "" = the agent's own
+	TLSCAFile      string   `toml:"tls_ca_file"`     // "" = the system roots
+	TLSCertFile    string   `toml:"tls_cert_file"`   // client certificate; with tls_key_file
+	TLSKeyFile     string   `toml:"tls_key_file"`    //
+	TLSSkipVerify  bool     `toml:"tls_skip_verify"` // do not check the agent's certificate
+	Wait           Duration `toml:"wait"`            // blocking query wait; default 30s, at most 10m
+	BackoffMin     Duration `toml:"backoff_min"`     // first retry delay after an error; default 1s
+	BackoffMax     Duration `toml:"backoff_max"`     // retry delay cap; default 60s
+	StartupTimeout Duration `toml:"startup_timeout"` // first answer wait before the last-known-good copy is used; default 3s
 }
 
 // Listener is an address l4lb accepts on and the upstream it forwards to.
@@ -118,9 +132,28 @@ type Pool struct {
 
 // ConsulService names the Consul service a pool takes its hosts from.
 type ConsulService struct {
-	Service     string `toml:"service"`
-	Tag         string `toml:"tag"` // "" = any
-	PassingOnly bool   `toml:"passing_only"`
+	Service     string   `toml:"service"`
+	Tag         string   `toml:"tag"`          // "" = any; or tags
+	Tags        []string `toml:"tags"`         // every one of them; not with tag
+	PassingOnly bool     `toml:"passing_only"` // default true: only instances whose checks all pass (or warn)
+	Datacenter  string   `toml:"datacenter"`   // "" = [consul] datacenter
+	Near        string   `toml:"near"`         // node name or "_agent": Consul sorts by round-trip time
+}
+
+// AllTags returns the tags an instance must carry: Tag or Tags, sorted,
+// without duplicates.
+func (c *ConsulService) AllTags() []string {
+	var out []string
+	if c.Tag != "" {
+		out = append(out, c.Tag)
+	}
+	for _, t := range c.Tags {
+		if !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Host is one backend.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -197,6 +198,22 @@ func TestBadConfigs(t *testing.T) {
 			"upstream.redis.pool[1].hosts[0].id", 15, "also upstream.redis.pool[0].hosts[0]"},
 		{"hosts and consul", strings.Replace(base, `name = "primary"`, "name = \"primary\"\nconsul = { service = \"redis\" }", 1),
 			"upstream.redis.pool[0].consul", 11, "not both"},
+		{"consul tag and tags", base + "\n[[upstream.redis.pool]]\nname = \"c\"\nconsul = { service = \"redis\", tag = \"a\", tags = [\"b\"] }\n",
+			"upstream.redis.pool[1].consul.tags", 0, "not both"},
+		{"consul service missing", base + "\n[[upstream.redis.pool]]\nname = \"c\"\nconsul = { tag = \"a\" }\n",
+			"upstream.redis.pool[1].consul.service", 0, "required"},
+		{"consul scheme", base + "[consul]\nscheme = \"ftp\"\n",
+			"consul.scheme", 13, `unknown scheme "ftp"`},
+		{"consul address with scheme", base + "[consul]\naddress = \"http://127.0.0.1:8500\"\n",
+			"consul.address", 13, "consul.scheme"},
+		{"consul token twice", base + "[consul]\ntoken = \"x\"\ntoken_file = \"/t\"\n",
+			"consul.token_file", 14, "not both"},
+		{"consul cert without key", base + "[consul]\ntls_cert_file = \"/c.pem\"\n",
+			"consul.tls_key_file", 0, "go together"},
+		{"consul wait too long", base + "[consul]\nwait = \"11m\"\n",
+			"consul.wait", 13, "at most 10m0s"},
+		{"consul backoff order", base + "[consul]\nbackoff_min = \"10s\"\nbackoff_max = \"1s\"\n",
+			"consul.backoff_max", 14, "must be >= backoff_min"},
 		{"health timeout >= interval", base + "[upstream.redis.health]\ntype = \"none\"\ninterval = \"1s\"\ntimeout = \"1s\"\n",
 			"upstream.redis.health.timeout", 15, "must be less than interval"},
 		{"health rise 0", base + "[upstream.redis.health]\ntype = \"none\"\nrise = 0\n",
@@ -358,19 +375,16 @@ type = "tcp"
 
 [[upstream.redis.pool]]
 name = "dr"
-consul = { service = "redis" }
+hosts = [ { address = "127.0.0.1:6390" } ]
 [upstream.redis.pool.health]
 type = "redis"
 
 [control]
 store = "consul"
-[consul]
-address = "127.0.0.1:8500"
 `
 	_, err := parseTest(src)
 	keys := []string{
-		"upstream.redis.pool[1].consul",
-		"control.store", "consul.address",
+		"control.store",
 	}
 	for _, k := range keys {
 		e := findKey(err, k)
@@ -382,6 +396,31 @@ address = "127.0.0.1:8500"
 	}
 	if n := len(Errors(err)); n != len(keys) {
 		t.Errorf("got %d errors, want %d:\n%v", n, len(keys), err)
+	}
+}
+
+func TestConsul(t *testing.T) {
+	src := strings.Replace(base, `hosts = [ { address = "127.0.0.1:6379" } ]`, `consul = { service = "redis", tags = ["b", "a", "b"], datacenter = "dc2", near = "_agent" }`, 1) + `
+[[upstream.redis.pool]]
+name = "replicas"
+priority = 10
+consul = { service = "redis", tag = "replica", passing_only = false }
+`
+	c, err := parseTest(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := c.Consul
+	if k.Address != "127.0.0.1:8500" || k.Scheme != "http" || k.Wait.D() != 30*time.Second ||
+		k.BackoffMin.D() != time.Second || k.BackoffMax.D() != time.Minute || k.StartupTimeout.D() != 3*time.Second {
+		t.Errorf("consul defaults = %+v", k)
+	}
+	p0, p1 := c.Upstreams["redis"].Pools[0].Consul, c.Upstreams["redis"].Pools[1].Consul
+	if !p0.PassingOnly || p0.Datacenter != "dc2" || p0.Near != "_agent" || !slices.Equal(p0.AllTags(), []string{"a", "b"}) {
+		t.Errorf("pool 0 consul = %+v, tags %v", p0, p0.AllTags())
+	}
+	if p1.PassingOnly || !slices.Equal(p1.AllTags(), []string{"replica"}) {
+		t.Errorf("pool 1 consul = %+v", p1)
 	}
 }
 

@@ -17,6 +17,12 @@ const (
 	defaultRise           = 2
 	defaultFall           = 3
 	defaultWeight         = 1
+
+	DefaultConsulAddress  = "127.0.0.1:8500"
+	defaultConsulWait     = 30 * time.Second
+	defaultBackoffMin     = time.Second
+	defaultBackoffMax     = time.Minute
+	defaultStartupTimeout = 3 * time.Second
 )
 
 // setDefaults fills what the file left out. has reports whether a key path
@@ -36,6 +42,16 @@ func (c *Config) setDefaults(has func(key string) bool) {
 	if c.Control.Store == "" {
 		c.Control.Store = "local"
 	}
+	if c.Consul.Address == "" {
+		c.Consul.Address = DefaultConsulAddress
+	}
+	if c.Consul.Scheme == "" {
+		c.Consul.Scheme = "http"
+	}
+	dur(has, "consul.wait", &c.Consul.Wait, defaultConsulWait)
+	dur(has, "consul.backoff_min", &c.Consul.BackoffMin, defaultBackoffMin)
+	dur(has, "consul.backoff_max", &c.Consul.BackoffMax, defaultBackoffMax)
+	dur(has, "consul.startup_timeout", &c.Consul.StartupTimeout, defaultStartupTimeout)
 	for i, l := range c.Listeners {
 		if l == nil {
 			l = &Listener{}
@@ -82,6 +98,9 @@ func (c *Config) setDefaults(has func(key string) bool) {
 			}
 			pk := index(k+".pool", i)
 			p.Health.setDefaults(has, pk+".health")
+			if p.Consul != nil && !has(pk+".consul.passing_only") {
+				p.Consul.PassingOnly = true
+			}
 			for j, h := range p.Hosts {
 				if h == nil {
 					h = &Host{}

@@ -17,18 +17,5 @@ func unsupported(c *Config) []error {
 	if c.Control.Store == "consul" {
 		no("control.store", `"consul"`)
 	}
-	if c.Consul.Address != "" {
-		no("consul.address", nil)
-	}
-	for _, name := range sortedKeys(c.Upstreams) {
-		u := c.Upstreams[name]
-		k := join("upstream", name)
-		for i, p := range u.Pools {
-			pk := index(k+".pool", i)
-			if p.Consul != nil {
-				no(pk+".consul", nil)
-			}
-		}
-	}
 	return errs
 }

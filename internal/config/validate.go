@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // validate checks a defaulted config and fills the resolved fields (Network,
@@ -40,6 +41,7 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 	if c.Control.Store != "local" && c.Control.Store != "consul" {
 		v.bad("control.store", "unknown store %q (want local | consul)", c.Control.Store)
 	}
+	c.Consul.validate(v)
 	if s := c.Control.Socket; s != "" && !filepath.IsAbs(s) {
 		v.bad("control.socket", "want an absolute path, got %q", s)
 	}
@@ -200,6 +202,14 @@ func (u *Upstream) validate(v *validator, name string) {
 			}
 			if p.Consul.Service == "" {
 				v.bad(pk+".consul.service", "required")
+			}
+			if p.Consul.Tag != "" && len(p.Consul.Tags) > 0 {
+				v.bad(pk+".consul.tags", "use tag or tags, not both")
+			}
+			for j, t := range p.Consul.Tags {
+				if t == "" {
+					v.bad(index(pk+".consul.tags", j), "empty tag")
+				}
 			}
 		}
 		p.Health.validate(v, pk+".health")
@@ -482,4 +492,33 @@ func (v *validator) host(s string) (network, dial string, err error) {
 func ResolveHost(ctx context.Context, address string) (network, dial string, err error) {
 	v := &validator{r: net.DefaultResolver, ctx: ctx, names: map[string][]string{}}
 	return v.host(address)
+}
+
+// maxConsulWait is Consul's own cap on a blocking query's wait.
+const maxConsulWait = 10 * time.Minute
+
+func (c *Consul) validate(v *validator) {
+	if c.Scheme != "http" && c.Scheme != "https" {
+		v.bad("consul.scheme", "unknown scheme %q (want http | https)", c.Scheme)
+	}
+	if strings.Contains(c.Address, "://") {
+		v.bad("consul.address", "want host:port (the scheme goes in consul.scheme), got %q", c.Address)
+	} else if _, _, err := net.SplitHostPort(c.Address); err != nil {
+		v.bad("consul.address", "want host:port, got %q", c.Address)
+	}
+	if c.Token != "" && c.TokenFile != "" {
+		v.bad("consul.token_file", "set token or token_file, not both")
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		v.bad("consul.tls_key_file", "tls_cert_file and tls_key_file go together")
+	}
+	v.positive("consul.wait", c.Wait)
+	if c.Wait.D() > maxConsulWait {
+		v.bad("consul.wait", "at most %s (Consul's own limit), got %s", maxConsulWait, c.Wait)
+	}
+	v.positive("consul.backoff_min", c.BackoffMin)
+	if c.BackoffMax < c.BackoffMin {
+		v.bad("consul.backoff_max", "must be >= backoff_min (%s), got %s", c.BackoffMin, c.BackoffMax)
+	}
+	v.positive("consul.startup_timeout", c.StartupTimeout)
 }

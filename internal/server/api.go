@@ -126,6 +126,7 @@ func (s *Server) HostAction(upstream, pl, host string, a control.Action) error {
 func (s *Server) Status() control.Status {
 	s.mu.Lock()
 	st := s.status()
+	st.Discovery = s.discoveryStatus()
 	lns := append([]*runningListener(nil), s.lns...)
 	s.mu.Unlock()
 	for _, rl := range lns {
@@ -223,6 +224,9 @@ func (s *Server) reload() error {
 		return err
 	}
 	if err := sameControl(s.cfg, cfg); err != nil {
+		return err
+	}
+	if err := sameConsul(s.cfg, cfg); err != nil {
 		return err
 	}
 	s.mu.Lock()

@@ -102,6 +102,9 @@ func (s *Server) applyOp(sp specs, o op) error {
 	if err != nil {
 		return err
 	}
+	if p.Consul != nil {
+		return errConsulPool(p)
+	}
 	if o.Op == opAddHost {
 		h, err := hostSpecFrom(*o.HostSpec, control.SourceAPI, s.resolve)
 		if err != nil {
@@ -186,7 +189,19 @@ func (s *Server) upstreamFromView(name string, v control.Upstream, old *upSpec) 
 		if old != nil {
 			if op, err := old.pool(pv.Name); err == nil {
 				ps.Health = op.Health
+				ps.Consul = op.Consul
 			}
+		}
+		if ps.Consul != nil {
+			// Its hosts come from Consul: those of a GET put back (source
+			// consul) are ignored; any other is an error.
+			for _, hv := range pv.Hosts {
+				if hv.Source != control.SourceConsul {
+					return nil, errConsulPool(ps)
+				}
+			}
+			u.Pools = append(u.Pools, ps)
+			continue
 		}
 		for j, hv := range pv.Hosts {
 			h, err := hostSpecFrom(control.HostSpec{ID: hv.ID, Address: hv.Address, Weight: hv.Weight}, control.SourceAPI, s.resolve)

@@ -38,6 +38,7 @@ type drain struct {
 // and drain. s.mu must be held.
 func (s *Server) apply(next specs) {
 	now := time.Now()
+	s.fillConsul(next)
 	for name, u := range next {
 		lu := s.live[name]
 		if lu == nil {
@@ -101,6 +102,7 @@ func (s *Server) apply(next specs) {
 		}
 	}
 	s.specs = next
+	s.disc.SetWatches(watches(next))
 	s.publishView()
 	targets := s.targets()
 	if err := s.checker.Set(targets); err != nil {

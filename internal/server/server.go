@@ -18,6 +18,7 @@ import (
 
 	"github.com/l4lb/l4lb/health"
 	"github.com/l4lb/l4lb/internal/config"
+	"github.com/l4lb/l4lb/internal/discovery"
 	"github.com/l4lb/l4lb/internal/events"
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/internal/proxy"
@@ -33,6 +34,7 @@ type Server struct {
 	feed    *events.Feed
 	checker *health.Checker
 	passive *health.Passive
+	disc    *discovery.Discovery // built always (cheap); follows what the specs ask for
 
 	reloadMu       sync.Mutex // one reload at a time
 	reloadFailures atomic.Uint64
@@ -48,7 +50,8 @@ type Server struct {
 	lns       []*runningListener
 	runCtx    context.Context // set by Run; nil before
 	stopping  bool
-	errs      chan error // Run's error channel, for listeners started by a reload
+	errs      chan error             // Run's error channel, for listeners started by a reload
+	found     map[string][]*hostSpec // discovered hosts by watch key
 
 	access *zerolog.Logger // the access log; nil = the main log
 
@@ -104,9 +107,15 @@ func New(path string, cfg *config.Config, log zerolog.Logger) (*Server, error) {
 	s := &Server{
 		log: log, path: path, feed: events.New(1000), cfg: cfg,
 		live: map[string]*liveUpstream{}, drains: map[*pool.Host]*drain{}, drainKick: make(chan struct{}, 1),
+		found: map[string][]*hostSpec{},
 	}
 	s.checker = health.NewChecker(sink{s})
 	s.passive = health.NewPassive(sink{s})
+	disc, err := discovery.New(consulConfig(cfg), discoverySink{s}, log)
+	if err != nil {
+		return nil, err
+	}
+	s.disc = disc
 	journal, err := loadJournal(s.journalPath())
 	if err != nil {
 		return nil, fmt.Errorf("saved edits: %w (move the file away to start from the config file alone)", err)
@@ -302,8 +311,21 @@ func (s *Server) settings(lc *config.Listener) *proxy.Settings {
 
 // Run serves until ctx is done, then lets every listener drain, stops the
 // health checks, and returns once every goroutine has ended.
+//
+// Pools that follow Consul get their first hosts before the listeners
+// start accepting: Run waits for every watch's first answer, or for its
+// last-known-good copy once Consul has not answered within
+// startup_timeout. The sockets are bound already, so clients that connect
+// meanwhile wait in the backlog; they are not refused.
 func (s *Server) Run(ctx context.Context) error {
 	errs := make(chan error, 64)
+	dctx, stopDisc := context.WithCancel(context.WithoutCancel(ctx))
+	discDone := make(chan error, 1)
+	go runDiscovery(dctx, s.disc, discDone)
+	select {
+	case <-s.disc.Ready():
+	case <-ctx.Done():
+	}
 	s.mu.Lock()
 	s.runCtx = ctx
 	for _, rl := range s.lns {
@@ -325,6 +347,12 @@ func (s *Server) Run(ctx context.Context) error {
 	s.stopping = true
 	s.mu.Unlock()
 	s.wg.Wait()
+	// s.mu is not held here: a watcher may be waiting for it to apply an
+	// update, and the discovery returns only once its watchers have.
+	stopDisc()
+	if err := <-discDone; err != nil {
+		errs <- err
+	}
 	stopHealth()
 	hwg.Wait()
 	close(errs)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/l4lb/l4lb/control"
 	"github.com/l4lb/l4lb/internal/config"
+	"github.com/l4lb/l4lb/internal/discovery"
 	"github.com/l4lb/l4lb/pool"
 )
 
@@ -34,6 +35,9 @@ type poolSpec struct {
 	Health   *config.Health
 	Source   control.Source
 	Hosts    []*hostSpec
+	// Consul is the service the pool follows; nil = its hosts are its own.
+	// Its Hosts are then the discovered set (Server.fillConsul).
+	Consul *discovery.Watch
 }
 
 type hostSpec struct {
@@ -56,6 +60,10 @@ func specsFromConfig(cfg *config.Config) specs {
 		u := &upSpec{Name: name, Cfg: uc, Method: pool.Method(uc.Method), Tries: uc.Tries, Source: control.SourceConfig}
 		for _, pc := range uc.Pools {
 			p := &poolSpec{Name: pc.Name, Priority: pc.Priority, Method: pool.Method(pc.Method), Health: pc.Health, Source: control.SourceConfig}
+			if pc.Consul != nil {
+				w := watchOf(pc.Consul)
+				p.Consul = &w
+			}
 			for _, hc := range pc.Hosts {
 				p.Hosts = append(p.Hosts, &hostSpec{
 					ID: hc.ID, Address: hc.Address, Network: hc.Network, Dial: hc.Dial,
@@ -67,6 +75,11 @@ func specsFromConfig(cfg *config.Config) specs {
 		out[name] = u
 	}
 	return out
+}
+
+// watchOf is the discovery watch of a pool's consul table.
+func watchOf(c *config.ConsulService) discovery.Watch {
+	return discovery.Watch{Service: c.Service, Tags: c.AllTags(), Datacenter: c.Datacenter, PassingOnly: c.PassingOnly, Near: c.Near}
 }
 
 // clone returns a deep copy: edits change the copy only.

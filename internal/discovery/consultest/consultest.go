@@ -1,0 +1,332 @@
+// Package consultest is a stand-in for a Consul agent in tests: an HTTP
+// server on 127.0.0.1 that implements GET /v1/health/service/NAME the way
+// an agent does, as far as l4lb uses it. It answers with X-Consul-Index,
+// blocks while ?index= is at least the current index (until ?wait= plus up
+// to wait/16 of jitter, as Consul does), and filters by ?passing and every
+// ?tag=. Faults are switched on per test: 500s, index stuck at 0, an index
+// set backwards, connection resets, and an agent that accepts and never
+// answers (like a SIGSTOPped one).
+//
+// It is not Consul: no catalog endpoints, no ACLs, no datacenters (the dc
+// asked for is only recorded), no sorting by ?near.
+package consultest
+
+import (
+	"encoding/json"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Fault is a way to misbehave.
+type Fault int
+
+// Faults.
+const (
+	None      Fault = iota
+	Error500        // 500 "rpc error: ... the client connection is closing", like an agent shutting down
+	Hang            // read the request, never answer
+	Reset           // close the connection with an RST, no answer
+	ZeroIndex       // answer at once with X-Consul-Index: 0
+)
+
+// Instance is one registered service instance.
+type Instance struct {
+	ID      string // service ID; default Address:Port
+	Node    string // default "node1"
+	NodeIP  string // the node's address; default 127.0.0.1
+	Address string // service address; "" = the node's
+	Port    int
+	Tags    []string
+	Weights api.AgentWeights
+	Status  string // passing (default) | warning | critical | maintenance
+}
+
+// Agent is the stand-in. Create it with New; Close it.
+type Agent struct {
+	srv *httptest.Server
+
+	mu       sync.Mutex
+	index    uint64
+	services map[string][]Instance
+	fault    Fault
+	changed  chan struct{} // closed and replaced on every change
+	closed   chan struct{}
+
+	requests atomic.Int64
+	lastMu   sync.Mutex
+	last     url.Values // the last query's parameters
+}
+
+// New starts an agent on 127.0.0.1 with index 1 and no services.
+func New() *Agent {
+	a := newAgent()
+	a.srv = httptest.NewServer(http.HandlerFunc(a.serve))
+	return a
+}
+
+// NewAt starts an agent on addr, such as a port that refused connections
+// until now (an agent coming up).
+func NewAt(addr string) (*Agent, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	a := newAgent()
+	a.srv = httptest.NewUnstartedServer(http.HandlerFunc(a.serve))
+	a.srv.Listener.Close()
+	a.srv.Listener = ln
+	a.srv.Start()
+	return a, nil
+}
+
+func newAgent() *Agent {
+	return &Agent{index: 1, services: map[string][]Instance{}, changed: make(chan struct{}), closed: make(chan struct{})}
+}
+
+// Addr is host:port of the agent's HTTP API.
+func (a *Agent) Addr() string { return strings.TrimPrefix(a.srv.URL, "http://") }
+
+// Close stops the agent; hanging requests are let go first.
+func (a *Agent) Close() {
+	a.mu.Lock()
+	select {
+	case <-a.closed:
+	default:
+		close(a.closed)
+	}
+	a.mu.Unlock()
+	a.srv.CloseClientConnections()
+	a.srv.Close()
+}
+
+// Requests counts the health queries received.
+func (a *Agent) Requests() int64 { return a.requests.Load() }
+
+// LastQuery returns the parameters of the last query.
+func (a *Agent) LastQuery() url.Values {
+	a.lastMu.Lock()
+	defer a.lastMu.Unlock()
+	return maps.Clone(a.last)
+}
+
+// Index returns the current index.
+func (a *Agent) Index() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.index
+}
+
+// SetFault switches a fault on (None: off).
+func (a *Agent) SetFault(f Fault) {
+	a.mu.Lock()
+	a.fault = f
+	a.mu.Unlock()
+}
+
+// Register adds or replaces (by ID) an instance of service.
+func (a *Agent) Register(service string, in Instance) {
+	a.update(func() {
+		in = fill(in)
+		list := a.services[service]
+		for i, x := range list {
+			if x.ID == in.ID {
+				list[i] = in
+				return
+			}
+		}
+		a.services[service] = append(list, in)
+	})
+}
+
+// Deregister removes the instance of service with id.
+func (a *Agent) Deregister(service, id string) {
+	a.update(func() {
+		a.services[service] = slices.DeleteFunc(a.services[service], func(x Instance) bool { return x.ID == id })
+	})
+}
+
+// SetStatus sets an instance's aggregated check status.
+func (a *Agent) SetStatus(service, id, status string) {
+	a.update(func() {
+		for i, x := range a.services[service] {
+			if x.ID == id {
+				a.services[service][i].Status = status
+			}
+		}
+	})
+}
+
+// SetIndex sets the index (lower than now: it went backwards, as after a
+// snapshot restore) and wakes blocked queries.
+func (a *Agent) SetIndex(i uint64) {
+	a.mu.Lock()
+	a.index = i
+	close(a.changed)
+	a.changed = make(chan struct{})
+	a.mu.Unlock()
+}
+
+// Touch raises the index without changing any data, as a check's new
+// output does on a real agent.
+func (a *Agent) Touch() { a.update(func() {}) }
+
+func (a *Agent) update(f func()) {
+	a.mu.Lock()
+	f()
+	a.index++
+	close(a.changed)
+	a.changed = make(chan struct{})
+	a.mu.Unlock()
+}
+
+func fill(in Instance) Instance {
+	if in.Node == "" {
+		in.Node = "node1"
+	}
+	if in.NodeIP == "" {
+		in.NodeIP = "127.0.0.1"
+	}
+	if in.ID == "" {
+		addr := in.Address
+		if addr == "" {
+			addr = in.NodeIP
+		}
+		in.ID = net.JoinHostPort(addr, strconv.Itoa(in.Port))
+	}
+	if in.Status == "" {
+		in.Status = api.HealthPassing
+	}
+	if in.Weights == (api.AgentWeights{}) {
+		in.Weights = api.AgentWeights{Passing: 1, Warning: 1}
+	}
+	return in
+}
+
+func (a *Agent) serve(w http.ResponseWriter, r *http.Request) {
+	service, ok := strings.CutPrefix(r.URL.Path, "/v1/health/service/")
+	if !ok || r.Method != http.MethodGet {
+		http.NotFound(w, r)
+		return
+	}
+	a.requests.Add(1)
+	q := r.URL.Query()
+	a.lastMu.Lock()
+	a.last = q
+	a.lastMu.Unlock()
+
+	a.mu.Lock()
+	fault := a.fault
+	a.mu.Unlock()
+	switch fault {
+	case Error500:
+		http.Error(w, "rpc error making call: rpc error: code = Canceled desc = grpc: the client connection is closing", http.StatusInternalServerError)
+		return
+	case Hang:
+		select {
+		case <-r.Context().Done():
+		case <-a.closed:
+		}
+		return
+	case Reset:
+		if hj, ok := w.(http.Hijacker); ok {
+			if c, _, err := hj.Hijack(); err == nil {
+				if tc, ok := c.(*net.TCPConn); ok {
+					tc.SetLinger(0)
+				}
+				c.Close()
+				return
+			}
+		}
+		http.Error(w, "no hijack", http.StatusInternalServerError)
+		return
+	}
+
+	want, _ := strconv.ParseUint(q.Get("index"), 10, 64)
+	wait := 5 * time.Minute // Consul's default
+	if s := q.Get("wait"); s != "" {
+		if d, err := time.ParseDuration(s); err == nil {
+			wait = d
+		}
+	}
+	wait += rand.N(wait/16 + 1)
+	a.mu.Lock()
+	if fault != ZeroIndex && want > 0 && a.index <= want {
+		ch := a.changed
+		a.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-r.Context().Done():
+		case <-a.closed:
+		}
+		t.Stop()
+		a.mu.Lock()
+	}
+	index := a.index
+	list := slices.Clone(a.services[service])
+	a.mu.Unlock()
+	if fault == ZeroIndex {
+		index = 0
+	}
+
+	passing := q.Has("passing")
+	tags := q["tag"]
+	out := []*api.ServiceEntry{}
+	for _, in := range list {
+		if passing && in.Status != api.HealthPassing && in.Status != api.HealthWarning {
+			continue
+		}
+		if !hasAll(in.Tags, tags) {
+			continue
+		}
+		out = append(out, entry(in))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Consul-Index", strconv.FormatUint(index, 10))
+	w.Header().Set("X-Consul-KnownLeader", "true")
+	w.Header().Set("X-Consul-LastContact", "0")
+	json.NewEncoder(w).Encode(out)
+}
+
+func hasAll(have, want []string) bool {
+	for _, t := range want {
+		if !slices.Contains(have, t) {
+			return false
+		}
+	}
+	return true
+}
+
+func entry(in Instance) *api.ServiceEntry {
+	checkID := "service:" + in.ID
+	if in.Status == api.HealthMaint {
+		checkID = api.ServiceMaintPrefix + in.ID
+	}
+	status := in.Status
+	if status == api.HealthMaint {
+		status = api.HealthCritical
+	}
+	return &api.ServiceEntry{
+		Node: &api.Node{Node: in.Node, Address: in.NodeIP, Datacenter: "dc1"},
+		Service: &api.AgentService{
+			ID: in.ID, Service: "", Tags: in.Tags, Port: in.Port, Address: in.Address, Weights: in.Weights,
+		},
+		Checks: api.HealthChecks{
+			{Node: in.Node, CheckID: "serfHealth", Name: "Serf Health Status", Status: api.HealthPassing},
+			{Node: in.Node, CheckID: checkID, Name: "service check", Status: status, ServiceID: in.ID},
+		},
+	}
+}
