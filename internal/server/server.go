@@ -48,6 +48,7 @@ type Server struct {
 	runCtx    context.Context // set by Run; nil before
 	stopping  bool
 	errs      chan error // Run's error channel, for listeners started by a reload
+	inherit   Inheritor  // sockets from an upgrade, for Bind; nil = none
 
 	// view is what the health sink needs, published whenever it changes so
 	// that the sink never takes s.mu.
@@ -211,6 +212,9 @@ func (s *Server) Bind() error {
 
 // listen binds lc with the engine its protocol needs. s.mu held.
 func (s *Server) listen(lc *config.Listener) (*runningListener, error) {
+	if f := s.takeInherited(lc); f != nil {
+		return s.listenInherited(lc, f)
+	}
 	rl := &runningListener{lc: lc}
 	var err error
 	if lc.Protocol == config.UDP {
