@@ -615,3 +615,55 @@ func copyFile(t *testing.T, src, dst string) {
 		t.Fatal(err)
 	}
 }
+
+// TestMakeInstall runs `make install` into a staging DESTDIR and checks the
+// layout docs/OPERATING.md promises, twice: the second run must keep an
+// edited l4lb.toml.
+func TestMakeInstall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary; not in -short")
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make not installed")
+	}
+	dest := t.TempDir()
+	install := func() {
+		t.Helper()
+		out, err := exec.Command("make", "-s", "-C", "../..", "install", "DESTDIR="+dest).CombinedOutput()
+		if err != nil {
+			t.Fatalf("make install: %v\n%s", err, out)
+		}
+	}
+	install()
+	for _, f := range []struct {
+		path string
+		mode os.FileMode
+	}{
+		{"/usr/local/bin/l4lb", 0o755},
+		{"/usr/local/lib/systemd/system/l4lb.service", 0o644},
+		{"/etc/l4lb/l4lb.toml", 0o644},
+		{"/etc/l4lb/l4lb.toml.example", 0o644},
+		{"/usr/local/share/doc/l4lb/OPERATING.md", 0o644},
+		{"/usr/local/share/doc/l4lb/CONTROL.md", 0o644},
+		{"/usr/local/share/doc/l4lb/README.md", 0o644},
+	} {
+		fi, err := os.Stat(filepath.Join(dest, f.path))
+		if err != nil {
+			t.Errorf("%s: %v", f.path, err)
+		} else if fi.Mode().Perm() != f.mode {
+			t.Errorf("%s: mode %v, want %v", f.path, fi.Mode().Perm(), f.mode)
+		}
+	}
+	out, err := exec.Command(filepath.Join(dest, "/usr/local/bin/l4lb"), "check", "-c", filepath.Join(dest, "/etc/l4lb/l4lb.toml")).CombinedOutput()
+	if err != nil {
+		t.Errorf("installed binary on the installed config: %v\n%s", err, out)
+	}
+	conf := filepath.Join(dest, "/etc/l4lb/l4lb.toml")
+	if err := os.WriteFile(conf, []byte("# mine\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	install()
+	if b, _ := os.ReadFile(conf); string(b) != "# mine\n" {
+		t.Errorf("a second make install overwrote l4lb.toml")
+	}
+}
