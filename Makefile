@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: all build test test-deps test-short lint demo bench reliability fuzz clean
+.PHONY: all build test test-deps test-short lint demo bench reliability fuzz clean install uninstall deb
 
 all: build
 
@@ -59,6 +59,51 @@ fuzz:
 		echo "== $$name ($$pkg) for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s $$pkg || exit 1; \
 	done
+
+# Install layout (docs/OPERATING.md). PREFIX=/usr/local puts the unit in
+# /usr/local/lib/systemd/system, which systemd searches for local units;
+# the .deb (PREFIX=/usr) uses Debian's /lib/systemd/system. The unit's
+# /usr/local paths are rewritten to PREFIX. An existing l4lb.toml is never
+# overwritten: the example is always refreshed beside it.
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+BINDIR    ?= $(PREFIX)/bin
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
+DOCDIR    ?= $(PREFIX)/share/doc/l4lb
+CONFDIR   ?= /etc/l4lb
+DOCS      := README.md docs/OPERATING.md docs/CONTROL.md docs/BEHAVIOUR.md docs/HEALTH.md docs/PERFORMANCE.md
+
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(CONFDIR)
+	install -m 0755 bin/l4lb $(DESTDIR)$(BINDIR)/l4lb
+	sed 's|/usr/local/bin/|$(BINDIR)/|; s|/usr/local/share/doc/l4lb/|$(DOCDIR)/|' dist/systemd/l4lb.service > $(DESTDIR)$(UNITDIR)/l4lb.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/l4lb.service
+	install -m 0644 config.example.toml $(DESTDIR)$(CONFDIR)/l4lb.toml.example
+	test -e $(DESTDIR)$(CONFDIR)/l4lb.toml || install -m 0644 config.example.toml $(DESTDIR)$(CONFDIR)/l4lb.toml
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; \
+	  echo "installed; edit $(CONFDIR)/l4lb.toml, then: systemctl enable --now l4lb"; fi
+
+# Leaves $(CONFDIR) (the admin's config) and /var/lib/l4lb (live edits).
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/l4lb $(DESTDIR)$(UNITDIR)/l4lb.service $(DESTDIR)$(CONFDIR)/l4lb.toml.example
+	rm -rf $(DESTDIR)$(DOCDIR)
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# bin/l4lb_<version>_<arch>.deb with dpkg-deb: /usr/bin/l4lb, the unit in
+# /lib/systemd/system, /etc/l4lb/l4lb.toml as a conffile. The version is
+# git describe's: a tag v1.2.3 gives 1.2.3, later commits 1.2.3+4+gHASH,
+# no tag 0~gitHASH (Debian wants a leading digit).
+DEB_VERSION = $(shell echo '$(VERSION)' | sed -e 's/^v\([0-9]\)/\1/;t' -e 's/^/0~git/' | sed 's/-/+/g')
+DEB_ARCH    = $(shell dpkg --print-architecture 2>/dev/null || $(GO) env GOARCH)
+deb:
+	rm -rf bin/deb
+	$(MAKE) install DESTDIR=$(CURDIR)/bin/deb PREFIX=/usr UNITDIR=/lib/systemd/system
+	install -d bin/deb/DEBIAN
+	sed 's/@VERSION@/$(DEB_VERSION)/; s/@ARCH@/$(DEB_ARCH)/' dist/debian/control > bin/deb/DEBIAN/control
+	install -m 0644 dist/debian/conffiles bin/deb/DEBIAN/conffiles
+	install -m 0755 dist/debian/postinst dist/debian/prerm dist/debian/postrm bin/deb/DEBIAN/
+	dpkg-deb --root-owner-group --build bin/deb bin/l4lb_$(DEB_VERSION)_$(DEB_ARCH).deb
 
 clean:
 	rm -rf bin

@@ -27,6 +27,17 @@ commands:
   version          print the version
 
 Default config file: /etc/l4lb/l4lb.toml. See config.example.toml for every key.
+
+signals to "l4lb run":
+  HUP              reload the config file (a bad one changes nothing)
+  USR2             upgrade: start the binary now at this path with the
+                   listening sockets; this process drains and exits once
+                   the new one serves, or goes on serving if it fails
+  TERM, INT        stop accepting, drain up to drain_timeout, exit 0
+
+Under systemd (Type=notify) it sends READY, RELOADING, STOPPING, WATCHDOG
+and, after an upgrade, MAINPID. Operating guide: docs/OPERATING.md
+(installed in /usr/local/share/doc/l4lb or /usr/share/doc/l4lb).
 `
 
 const defaultConfig = "/etc/l4lb/l4lb.toml"

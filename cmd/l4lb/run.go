@@ -9,10 +9,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/l4lb/l4lb/control"
 	"github.com/l4lb/l4lb/internal/config"
 	"github.com/l4lb/l4lb/internal/logkey"
+	"github.com/l4lb/l4lb/internal/sdnotify"
 	"github.com/l4lb/l4lb/internal/server"
+	"github.com/l4lb/l4lb/internal/upgrade"
 	"github.com/rs/zerolog"
 )
 
@@ -38,6 +39,24 @@ func newLogger(c config.Log, w io.Writer) zerolog.Logger {
 }
 
 func run(path string, stderr io.Writer) int {
+	// Signals first: SIGHUP and SIGUSR2 kill a process that has not asked
+	// for them, and an upgraded process can be sent one early.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+
+	handover, err := upgrade.FromEnv() // nil unless an old l4lb started us
+	if err != nil {
+		fmt.Fprintln(stderr, "l4lb:", err)
+		return 1
+	}
+	defer handover.Close()
+
 	cfg, err := config.Load(path)
 	if err != nil {
 		printConfigErrors(stderr, err)
@@ -56,63 +75,103 @@ func run(path string, stderr io.Writer) int {
 		return 1
 	}
 	srv.SetAccessLog(accLog)
+	if handover != nil {
+		srv.Inherit(handover)
+	}
 	if err := srv.Bind(); err != nil {
 		log.Error().Err(err).Msg("cannot listen")
 		return 1
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-
-	// The control API stops with the listeners' context, but its own
-	// goroutine is waited for before exit.
-	ctlDone := make(chan error, 1)
-	if c := cfg.Control; c.Socket != "" {
-		cs := control.New(control.ServerConfig{Socket: c.Socket, Mode: c.FileMode, Group: c.Group, AllowUIDs: c.AllowUIDs}, srv, log)
-		go func() { ctlDone <- cs.Run(ctx) }()
-		select {
-		case <-cs.Ready():
-			log.Info().Str("socket", c.Socket).Msg("control API listening")
-		case err := <-ctlDone:
-			log.Error().Err(err).Msg("control API")
-			stop()
-			<-done
+	if handover != nil {
+		// The old process lets its control socket go once we are bound.
+		if err := handover.Ready(ctx); err != nil {
+			log.Error().Err(err).Msg("upgrade")
 			return 1
 		}
-	} else {
-		ctlDone <- nil
 	}
+
+	notify := sdnotify.FromEnv()
+	api := notifyingAPI{Server: srv, notify: notify}
+	ctl := &ctlRunner{api: api, log: log}
+	if c := cfg.Control; c.Socket != "" {
+		ctl.cfg = controlConfig(c)
+		if err := ctl.start(ctx); err != nil {
+			log.Error().Err(err).Msg("control API")
+			return 1
+		}
+		log.Info().Str("socket", c.Socket).Msg("control API listening")
+	}
+
+	// The listeners' context: a signal ends it, and so does handing them
+	// over to a new binary.
+	srvCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(srvCtx) }()
+
 	metricsDone, err := startMetrics(ctx, cfg, srv, log)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot serve metrics")
-		stop()
+		stopServing()
 		<-done
-		<-ctlDone
+		ctl.stop()
 		return 1
 	}
-	log.Info().Str(logkey.Version, versionString()).Str(logkey.Config, path).Msg("l4lb ready")
+
+	if handover != nil {
+		// Main PID before "done": if we die in between, the old process
+		// takes the main PID back.
+		notify.MainPID(os.Getpid())
+		if err := handover.Done(); err != nil {
+			log.Warn().Err(err).Msg("upgrade: telling the old process")
+		}
+	} else {
+		notify.Ready()
+	}
+	log.Info().Str(logkey.Version, versionString()).Str(logkey.Config, path).Int("pid", os.Getpid()).Msg("l4lb ready")
+
+	// The watchdog ticks in this loop: a stuck loop stops the pings.
+	var watchdog <-chan time.Time
+	if d, err := sdnotify.WatchdogInterval(); err == nil {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		watchdog = t.C
+	} else if err != sdnotify.ErrNoWatchdog {
+		log.Warn().Err(err).Msg("systemd watchdog ignored")
+	}
 
 	for {
 		select {
 		case <-hup:
-			srv.Reload()                         // logs and counts its own failure; the old config stays
+			api.Reload()                         // logs and counts its own failure; the old config stays
 			if err := acc.Reopen(); err != nil { // logrotate moved it
 				log.Error().Err(err).Msg("reopening the access log")
 			}
+		case <-watchdog:
+			notify.Watchdog()
+		case <-usr2:
+			if !upgradeTo(ctx, srv, ctl, notify, log) {
+				continue
+			}
+			// A new process serves: no more notify messages from us (a
+			// STOPPING=1 would stop the service).
+			stopServing()
+			start := time.Now()
+			log.Info().Msg("upgrade: handed over; no new connections; draining")
+			if err := <-done; err != nil {
+				log.Error().Err(err).Msg("stopped with errors")
+			}
+			log.Info().Float64(logkey.Duration, time.Since(start).Seconds()).Msg("stopped after upgrade")
+			return 0
 		case <-ctx.Done():
+			notify.Stopping()
 			log.Info().Msg("shutting down: no new connections; draining")
 			start := time.Now()
 			err := <-done
 			if err != nil {
 				log.Error().Err(err).Msg("stopped with errors")
 			}
-			if err := <-ctlDone; err != nil {
+			if err := ctl.stop(); err != nil {
 				log.Error().Err(err).Msg("control API")
 			}
 			if err := <-metricsDone; err != nil {

@@ -7,11 +7,13 @@ import (
 	stdlog "log"
 	"net"
 	"net/http"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // shutdownTimeout bounds how long Run waits for scrapes in progress once
@@ -27,7 +29,18 @@ type Server struct {
 
 // Listen binds addr ("127.0.0.1:9790") for reg. It starts nothing: call Run.
 func Listen(addr string, reg *prometheus.Registry, log zerolog.Logger) (*Server, error) {
-	ln, err := net.Listen("tcp", addr)
+	// SO_REUSEPORT: during an upgrade (SIGUSR2) the new process binds the
+	// metrics address while the old one, draining, still holds it.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}

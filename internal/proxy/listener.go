@@ -98,6 +98,12 @@ func Listen(name, network, address string, s *Settings, log zerolog.Logger) (*Li
 	if err != nil {
 		return nil, err
 	}
+	return ListenFrom(name, ln, s, log), nil
+}
+
+// ListenFrom is Listen on a socket bound elsewhere: one a previous l4lb
+// handed over in an upgrade. The Listener owns ln from now on.
+func ListenFrom(name string, ln net.Listener, s *Settings, log zerolog.Logger) *Listener {
 	l := &Listener{
 		name:  name,
 		ln:    ln,
@@ -105,7 +111,7 @@ func Listen(name, network, address string, s *Settings, log zerolog.Logger) (*Li
 		conns: make(map[*splice.Session]*pool.Host),
 	}
 	l.set.Store(s)
-	return l, nil
+	return l
 }
 
 func listen(network, address string) (net.Listener, error) {
@@ -303,6 +309,21 @@ func (l *Listener) untrack(s *splice.Session) {
 	l.mu.Lock()
 	delete(l.conns, s)
 	l.mu.Unlock()
+}
+
+// File returns a duplicate of the listening socket, for a new process to
+// serve on (an upgrade). From then on closing the listener leaves a unix
+// socket's file in place: the other process answers on it.
+func (l *Listener) File() (*os.File, error) {
+	type filer interface{ File() (*os.File, error) }
+	f, ok := l.ln.(filer)
+	if !ok {
+		return nil, fmt.Errorf("listener %s: %T cannot give its socket", l.name, l.ln)
+	}
+	if u, ok := l.ln.(*net.UnixListener); ok {
+		u.SetUnlinkOnClose(false)
+	}
+	return f.File()
 }
 
 // Close closes the listening socket without draining: for a listener that

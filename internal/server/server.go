@@ -52,6 +52,7 @@ type Server struct {
 	stopping  bool
 	errs      chan error             // Run's error channel, for listeners started by a reload
 	found     map[string][]*hostSpec // discovered hosts by watch key
+	inherit   Inheritor              // sockets from an upgrade, for Bind; nil = none
 
 	access *zerolog.Logger // the access log; nil = the main log
 
@@ -234,6 +235,9 @@ func (s *Server) Bind() error {
 
 // listen binds lc with the engine its protocol needs. s.mu held.
 func (s *Server) listen(lc *config.Listener) (*runningListener, error) {
+	if f := s.takeInherited(lc); f != nil {
+		return s.listenInherited(lc, f)
+	}
 	rl := &runningListener{lc: lc}
 	var err error
 	if lc.Protocol == config.UDP {

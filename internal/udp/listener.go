@@ -109,6 +109,18 @@ func Listen(name, address string, s *Settings, log zerolog.Logger) (*Listener, e
 	if err != nil {
 		return nil, err
 	}
+	return ListenFrom(name, c, s, log)
+}
+
+// ListenFrom is Listen on a socket bound elsewhere: one a previous l4lb
+// handed over in an upgrade. The Listener owns c from now on, and closes it
+// on error.
+func ListenFrom(name string, c *net.UDPConn, s *Settings, log zerolog.Logger) (*Listener, error) {
+	laddr, _ := c.LocalAddr().(*net.UDPAddr)
+	if laddr == nil {
+		c.Close()
+		return nil, fmt.Errorf("udp listener %s: not a bound UDP socket", name)
+	}
 	l := &Listener{
 		name:    name,
 		conn:    c,
@@ -119,9 +131,10 @@ func Listen(name, address string, s *Settings, log zerolog.Logger) (*Listener, e
 		ended:   make(chan *session, 1024),
 	}
 	if laddr.IP == nil || laddr.IP.IsUnspecified() {
+		var err error
 		if l.pktinfo, err = enablePktinfo(c); err != nil {
 			c.Close()
-			return nil, fmt.Errorf("listen udp %s: %w", address, err)
+			return nil, fmt.Errorf("listen udp %s: %w", laddr, err)
 		}
 	}
 	// Best effort: a burst of new clients waits here while sessions open.
@@ -142,6 +155,10 @@ func (l *Listener) Set(s *Settings) { l.set.Store(s) }
 
 // Settings returns the settings in force.
 func (l *Listener) Settings() *Settings { return l.set.Load() }
+
+// File returns a duplicate of the socket, for a new process to serve on
+// (an upgrade).
+func (l *Listener) File() (*os.File, error) { return l.conn.File() }
 
 // Close closes the socket of a listener that was bound but never run.
 func (l *Listener) Close() error { return l.conn.Close() }

@@ -1,0 +1,161 @@
+package upgrade
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// helperEnv makes the test binary act as a child (TestMain).
+const helperEnv = "UPGRADE_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(helperEnv) {
+	case "":
+		os.Exit(m.Run())
+	case "exit":
+		os.Exit(3) // a binary that fails before it is ready
+	case "serve":
+		os.Exit(child())
+	}
+}
+
+// child takes its socket, says ready, waits for go, says done, and answers
+// one connection with its pid.
+func child() int {
+	h, err := FromEnv()
+	if err != nil || h == nil {
+		fmt.Fprintln(os.Stderr, "FromEnv:", h, err)
+		return 1
+	}
+	if os.Getenv(EnvFD) != "" {
+		fmt.Fprintln(os.Stderr, "FromEnv left the environment")
+		return 1
+	}
+	f := h.Take("tcp", "front")
+	if f == nil || h.Take("tcp", "front") != nil {
+		fmt.Fprintln(os.Stderr, "Take: want exactly one socket")
+		return 1
+	}
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return 1
+	}
+	if err := h.Ready(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := h.Done(); err != nil {
+		return 1
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		return 1
+	}
+	fmt.Fprintln(c, os.Getpid())
+	c.Close()
+	return 0
+}
+
+func TestHandover(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(helperEnv, "serve")
+	c, err := Start(os.Args[0], []string{"-test.run=^$"}, []Socket{{Network: "tcp", Address: "front", File: f}})
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Proceed(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitDone(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pid := c.Pid()
+	ln.Close() // the parent stops accepting; the socket lives on in the child
+
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial after the parent closed its copy: %v", err)
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	conn.Close()
+	if err != nil || line != strconv.Itoa(pid)+"\n" {
+		t.Fatalf("answered %q (%v), want the child's pid %d", line, err, pid)
+	}
+	if err := c.cmd.Wait(); err != nil {
+		t.Fatalf("child: %v", err)
+	}
+}
+
+func TestChildFailsBeforeReady(t *testing.T) {
+	t.Setenv(helperEnv, "exit")
+	c, err := Start(os.Args[0], []string{"-test.run=^$"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); !errors.Is(err, ErrChildExited) {
+		t.Fatalf("WaitReady: %v, want ErrChildExited", err)
+	}
+	if err := c.Abort(); err == nil || err.Error() != "exit status 3" {
+		t.Fatalf("Abort: %v, want exit status 3", err)
+	}
+}
+
+func TestChildSilent(t *testing.T) {
+	t.Setenv(helperEnv, "")
+	// The test binary run with -test.run=^$ and no helper mode would exit
+	// at once; sleep(1) never speaks the protocol at all.
+	c, err := Start("/bin/sleep", []string{"30"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := c.WaitReady(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitReady: %v, want the deadline", err)
+	}
+	if err := c.Abort(); err == nil {
+		t.Fatal("Abort: sleep was not killed")
+	}
+}
+
+func TestChildEnv(t *testing.T) {
+	got := childEnv([]string{"A=1", "WATCHDOG_PID=7", "WATCHDOG_USEC=100", "NOTIFY_SOCKET=/x", EnvFD + "=3", "LISTEN_FDS=2"})
+	want := []string{"A=1", "WATCHDOG_USEC=100", "NOTIFY_SOCKET=/x"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("childEnv: %v, want %v", got, want)
+	}
+}
+
+func TestNotAChild(t *testing.T) {
+	t.Setenv(EnvFD, "")
+	os.Unsetenv(EnvFD)
+	h, err := FromEnv()
+	if h != nil || err != nil {
+		t.Fatalf("FromEnv: %v, %v; want nil, nil", h, err)
+	}
+	h.Close() // nil-safe
+}
