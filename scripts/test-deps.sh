@@ -12,6 +12,8 @@ declare -A need=(
   [mariadbd]=mariadb-server
   [mariadb-install-db]=mariadb-server
   [haproxy]=haproxy
+  [prlimit]=util-linux
+  [systemd-analyze]=systemd
 )
 missing=()
 export PATH="$PATH:/usr/sbin:/sbin"

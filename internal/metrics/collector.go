@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"runtime"
+	"time"
 
 	"github.com/l4lb/l4lb/control"
 	"github.com/l4lb/l4lb/internal/proxy"
@@ -83,6 +84,12 @@ var (
 	hostWeight   = desc("l4lb_host_weight", "The host's configured weight.", "upstream", "pool", "host")
 	hostCheckDur = desc("l4lb_host_health_check_duration_seconds", "How long the last active health check of the host took.", "upstream", "pool", "host")
 
+	discIndex    = desc("l4lb_discovery_index", "Consul's index of the data a Consul pool uses.", "upstream", "pool", "watch")
+	discAge      = desc("l4lb_discovery_age_seconds", "How old the data a Consul pool uses is (since Consul answered it).", "upstream", "pool", "watch")
+	discHosts    = desc("l4lb_discovery_hosts", "Hosts a Consul pool has now.", "upstream", "pool", "watch")
+	discSource   = desc("l4lb_discovery_source", "1 for where a Consul pool's hosts come from now: consul, last_known_good, waiting.", "upstream", "pool", "watch", "source")
+	discFailures = desc("l4lb_discovery_failures", "Consecutive failed Consul queries for the pool's watch (0 while healthy).", "upstream", "pool", "watch")
+
 	reloads        = desc("l4lb_config_reloads_total", "Successful config reloads.")
 	reloadFailures = desc("l4lb_config_reload_failures_total", "Failed config reloads (the running config was kept).")
 )
@@ -92,6 +99,7 @@ var allDescs = []*prometheus.Desc{
 	tcpActive, tcpAccepted, tcpRejected, tcpNoBackend, tcpAcceptErrs, tcpAttempts, tcpConnectFail,
 	udpActive, udpCreated, udpEnded, udpDropped, udpHostErr, udpDgrams, udpBytes,
 	hostActive, hostTotal, hostBytes, hostFails, hostState, hostHealthy, hostWeight, hostCheckDur,
+	discIndex, discAge, discHosts, discSource, discFailures,
 	reloads, reloadFailures,
 }
 
@@ -180,6 +188,20 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if h.CheckDuration > 0 {
 			gauge(hostCheckDur, h.CheckDuration.Seconds(), lv...)
 		}
+	}
+
+	now := time.Now()
+	for _, d := range st.Discovery {
+		lv := []string{d.Upstream, d.Pool, d.Watch}
+		gauge(discIndex, float64(d.Index), lv...)
+		if !d.Updated.IsZero() {
+			gauge(discAge, now.Sub(d.Updated).Seconds(), lv...)
+		}
+		gauge(discHosts, float64(d.Hosts), lv...)
+		for _, src := range []string{"consul", "last_known_good", "waiting"} {
+			gauge(discSource, boolf(d.Source == src), append(lv, src)...)
+		}
+		gauge(discFailures, float64(d.Failures), lv...)
 	}
 
 	counter(reloads, c.src.Reloads())

@@ -7,11 +7,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/l4lb/l4lb/internal/config"
+	"github.com/l4lb/l4lb/internal/discovery/consultest"
 	"github.com/l4lb/l4lb/internal/metrics"
 	"github.com/l4lb/l4lb/internal/server"
 	"github.com/l4lb/l4lb/internal/testbackend"
@@ -346,5 +348,61 @@ func TestListenError(t *testing.T) {
 	defer ln.Close()
 	if _, err := metrics.Listen(ln.Addr().String(), nil, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "metrics:") {
 		t.Errorf("Listen on a taken port: %v", err)
+	}
+}
+
+// TestDiscoveryMetrics: a pool following a service of the Consul stand-in
+// shows its index, host count, source and age.
+func TestDiscoveryMetrics(t *testing.T) {
+	agent := consultest.New()
+	defer agent.Close()
+	echo := testbackend.New(t, testbackend.Echo)
+	host, port, _ := net.SplitHostPort(echo.Addr())
+	p, _ := strconv.Atoi(port)
+	agent.Register("app", consultest.Instance{Address: host, Port: p})
+	cfg, err := config.Parse("test.toml", []byte(fmt.Sprintf(`
+[consul]
+address = %q
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "app"
+
+[upstream.app]
+[[upstream.app.pool]]
+name = "p"
+consul = { service = "app" }
+`, agent.Addr())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New("", cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Bind(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	maddr := startMetrics(t, srv)
+	// Run starts the listeners once discovery has its first answer.
+	echoOnce(t, srv.Listeners()[0].Addr().String(), 10)
+	f := scrape(t, maddr)
+	lv := []string{"upstream=app", "pool=p"}
+	if v, ok := f.value("l4lb_discovery_hosts", lv...); !ok || v != 1 {
+		t.Errorf("l4lb_discovery_hosts = %v, %v", v, ok)
+	}
+	if v, ok := f.value("l4lb_discovery_index", lv...); !ok || v < 1 {
+		t.Errorf("l4lb_discovery_index = %v, %v", v, ok)
+	}
+	if v, ok := f.value("l4lb_discovery_source", append(lv, "source=consul")...); !ok || v != 1 {
+		t.Errorf("l4lb_discovery_source{consul} = %v, %v", v, ok)
+	}
+	if _, ok := f.value("l4lb_discovery_age_seconds", lv...); !ok {
+		t.Error("no l4lb_discovery_age_seconds")
 	}
 }
