@@ -236,6 +236,10 @@ func (k *ctl) run(ctx context.Context, pos []string) error {
 				fmt.Fprintln(w)
 				listenerTable(w, st.Listeners)
 			}
+			if len(st.Discovery) > 0 {
+				fmt.Fprintln(w)
+				discoveryTable(w, st.Discovery)
+			}
 		})
 	case "sessions":
 		if err := errors.Join(k.only(), args(pos[1:], 0, "sessions")); err != nil {
@@ -530,6 +534,16 @@ func sessionTable(w io.Writer, ss []control.Session) {
 	for _, x := range ss {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.1fs\t%.1fs\t%d\t%d\t%s\t%s\n", x.Listener, x.Client, x.Upstream, x.Pool, x.Host,
 			x.Age, x.Idle, x.DatagramsUp, x.DatagramsDown, humanBytes(x.BytesUp), humanBytes(x.BytesDown))
+	}
+	tw.Flush()
+}
+
+// discoveryTable prints where each Consul pool's hosts come from.
+func discoveryTable(w io.Writer, ds []control.DiscoveryStatus) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "UPSTREAM\tPOOL\tCONSUL\tSOURCE\tINDEX\tAGE\tHOSTS\tERROR")
+	for _, d := range ds {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", d.Upstream, d.Pool, d.Watch, d.Source, d.Index, dash(d.Age), d.Hosts, dash(d.Error))
 	}
 	tw.Flush()
 }
