@@ -52,7 +52,8 @@ reliability:
 # testdata/fuzz and are then run by plain `go test` as seeds.
 FUZZTIME ?= 1m
 FUZZ_TARGETS = ./internal/config:FuzzParse ./control:FuzzDecodeRequest \
-	./internal/proxyproto:FuzzRead ./health:FuzzParseGreeting
+	./internal/proxyproto:FuzzRead ./health:FuzzParseGreeting \
+	./internal/discovery:FuzzConsulPayload ./internal/discovery:FuzzLKG
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

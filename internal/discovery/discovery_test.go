@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"os"
 	"slices"
@@ -700,6 +701,28 @@ func FuzzLKG(f *testing.F) {
 		again, err := DecodeLKG(mustEncode(t, l))
 		if err != nil || !slices.Equal(again.Instances, l.Instances) || again.Watch != l.Watch {
 			t.Errorf("re-encode: %+v %v", again, err)
+		}
+	})
+}
+
+// FuzzConsulPayload: any health-endpoint answer, once decoded as the api
+// client decodes it, turns into instances without panicking, and every
+// instance is dialable: an address, a port in range, a weight in 0..1000.
+func FuzzConsulPayload(f *testing.F) {
+	f.Add([]byte(`[{"Node":{"Node":"n1","Address":"10.0.0.1"},"Service":{"ID":"r1","Service":"redis","Address":"10.0.0.2","Port":6379,"Weights":{"Passing":10,"Warning":1}},"Checks":[{"Status":"passing"}]}]`))
+	f.Add([]byte(`[{"Node":{"Address":"10.0.0.1"},"Service":{"Port":6379},"Checks":[{"Status":"warning"}]}]`))
+	f.Add([]byte(`[{"Node":null,"Service":null,"Checks":null}]`))
+	f.Add([]byte(`[{"Service":{"Address":"::1","Port":70000,"Weights":{"Passing":-5}}}]`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var entries []*api.ServiceEntry
+		if json.Unmarshal(b, &entries) != nil {
+			return
+		}
+		for _, in := range instances(entries, zerolog.Nop()) {
+			if in.Address == "" || in.Port < 1 || in.Port > 65535 || in.Weight < 0 || in.Weight > 1000 {
+				t.Fatalf("undialable instance %+v from %s", in, b)
+			}
 		}
 	})
 }
