@@ -394,3 +394,21 @@ func TestHashSticky(t *testing.T) {
 		t.Fatalf("20 clients all on %v", seen)
 	}
 }
+
+// TestSourceAddress: connects to hosts leave from source_address.
+func TestSourceAddress(t *testing.T) {
+	from := make(chan string, 1)
+	b := testbackend.New(t, func(c *net.TCPConn) {
+		from <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+		c.Write([]byte("ok\n"))
+	})
+	s := defaults(upstream(t, []string{b.Addr()}))
+	s.SourceIP = netip.MustParseAddr("127.0.0.7")
+	r := start(t, s)
+	if got := tag(t, r.addr); got != "ok" {
+		t.Fatalf("got %q", got)
+	}
+	if ip := <-from; ip != "127.0.0.7" {
+		t.Fatalf("backend saw the connect from %s, want 127.0.0.7", ip)
+	}
+}
