@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/l4lb/l4lb/internal/atomicfile"
 	"os"
 	"path/filepath"
 
@@ -267,40 +268,11 @@ func saveJournal(path string, ops []op) error {
 	if path == "" {
 		return nil
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
-	}
 	b, err := json.MarshalIndent(journalFile{Version: 1, Ops: ops}, "", "  ")
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, journalName+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(path, append(b, '\n'))
 }
 
 // compact drops ops that a later op makes irrelevant, so the journal does
