@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l4lb/l4lb/internal/l4lbtest"
 	"github.com/l4lb/l4lb/internal/testbackend"
 )
 
@@ -28,10 +28,8 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	binPath = filepath.Join(dir, "l4lb")
-	out, err := exec.Command("go", "build", "-race", "-o", binPath, ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building l4lb: %v\n%s", err, out)
+	if binPath, err = l4lbtest.Build(dir, true); err != nil {
+		fmt.Fprintf(os.Stderr, "building l4lb: %v\n", err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -39,114 +37,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// l4lbProc is a running l4lb, its JSON log read line by line.
-type l4lbProc struct {
-	cmd   *exec.Cmd
-	addrs map[string]string // listener name -> bound address
-	lines chan map[string]any
-	exit  chan error
-}
-
-// startL4lb writes config to a file, runs `l4lb run -c` on it and waits for
-// the "l4lb ready" log line. Listeners may listen on port 0: their bound
-// addresses are read from the "listening" lines.
-func startL4lb(t *testing.T, config string) *l4lbProc {
+// startL4lb runs the binary under test on config and waits until it is
+// ready (see package l4lbtest).
+func startL4lb(t *testing.T, config string) *l4lbtest.Proc {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "l4lb.toml")
-	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p := &l4lbProc{
-		cmd:   exec.Command(binPath, "run", "-c", path),
-		addrs: map[string]string{},
-		lines: make(chan map[string]any, 10000),
-		exit:  make(chan error, 1),
-	}
-	stderr, err := p.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go p.readLog(stderr)
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.exit
-		p.exit <- nil
-	})
-	for {
-		line := p.next(t, 30*time.Second)
-		if line == nil {
-			t.Fatal("l4lb exited before it was ready")
-		}
-		switch line["message"] {
-		case "listening":
-			p.addrs[fmt.Sprint(line["listener"])] = fmt.Sprint(line["address"])
-		case "l4lb ready":
-			return p
-		}
-	}
-}
-
-func (p *l4lbProc) readLog(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		var line map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
-			line = map[string]any{"message": sc.Text(), "raw": true}
-		}
-		select {
-		case p.lines <- line:
-		default: // never block l4lb on its own log; tests wait for early lines
-		}
-	}
-	close(p.lines)
-	p.exit <- p.cmd.Wait()
-}
-
-// next returns the next log line, nil at exit; it fails the test on timeout.
-func (p *l4lbProc) next(t *testing.T, within time.Duration) map[string]any {
-	t.Helper()
-	select {
-	case line := <-p.lines:
-		return line
-	case <-time.After(within):
-		t.Fatalf("no log line from l4lb within %v", within)
-		return nil
-	}
-}
-
-// waitLog waits for a log line with the given message.
-func (p *l4lbProc) waitLog(t *testing.T, msg string, within time.Duration) map[string]any {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		line := p.next(t, time.Until(deadline))
-		if line == nil {
-			t.Fatalf("l4lb exited before logging %q", msg)
-		}
-		if line["message"] == msg {
-			return line
-		}
-	}
-}
-
-func (p *l4lbProc) waitExit(t *testing.T, within time.Duration) error {
-	t.Helper()
-	for {
-		select {
-		case _, ok := <-p.lines:
-			if ok {
-				continue
-			}
-			err := <-p.exit
-			p.exit <- err
-			return err
-		case <-time.After(within):
-			t.Fatalf("l4lb did not exit within %v", within)
-		}
-	}
+	return l4lbtest.Start(t, binPath, config)
 }
 
 func tcpConfig(drain string, pools ...[]string) string {
@@ -220,7 +115,7 @@ func TestVersion(t *testing.T) {
 func TestSIGTERM(t *testing.T) {
 	echo := testbackend.New(t, testbackend.Echo)
 	p := startL4lb(t, tcpConfig("1s", []string{echo.Addr()}))
-	addr := p.addrs["front"]
+	addr := p.Addrs["front"]
 	live, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -236,9 +131,9 @@ func TestSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.Cmd.Process.Signal(syscall.SIGTERM)
 	// Logged by the listener once it has closed its socket.
-	p.waitLog(t, "draining connections", 5*time.Second)
+	p.WaitLog(t, "draining connections", 5*time.Second)
 	if c, err := net.Dial("tcp", addr); err == nil {
 		c.Close()
 		t.Fatal("new connection accepted during drain")
@@ -249,7 +144,7 @@ func TestSIGTERM(t *testing.T) {
 	if _, err := live.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("live connection at drain timeout: %v, want EOF", err)
 	}
-	if err := p.waitExit(t, 10*time.Second); err != nil {
+	if err := p.WaitExit(t, 10*time.Second); err != nil {
 		t.Fatalf("exit: %v, want 0", err)
 	}
 	if d := time.Since(start); d < time.Second || d > 5*time.Second {
@@ -262,7 +157,7 @@ func TestSIGTERM(t *testing.T) {
 func TestConnectionLogLine(t *testing.T) {
 	echo := testbackend.New(t, testbackend.Echo)
 	p := startL4lb(t, tcpConfig("1s", []string{echo.Addr()}))
-	c, err := net.Dial("tcp", p.addrs["front"])
+	c, err := net.Dial("tcp", p.Addrs["front"])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +165,7 @@ func TestConnectionLogLine(t *testing.T) {
 	c.(*net.TCPConn).CloseWrite()
 	io.ReadAll(c)
 	c.Close()
-	line := p.waitLog(t, "connection closed", 10*time.Second)
+	line := p.WaitLog(t, "connection closed", 10*time.Second)
 	want := map[string]any{"listener": "front", "pool": "p0", "host": echo.Addr(), "bytes_up": 5.0, "bytes_down": 5.0, "end": "closed", "client": c.LocalAddr().String()}
 	for k, v := range want {
 		if line[k] != v {
@@ -350,7 +245,7 @@ func redisTool(t *testing.T, name string, args ...string) string {
 func TestRedis(t *testing.T) {
 	r1, r2 := redisServer(t), redisServer(t)
 	p := startL4lb(t, tcpConfig("1s", []string{r1, r2}))
-	host, port, _ := net.SplitHostPort(p.addrs["front"])
+	host, port, _ := net.SplitHostPort(p.Addrs["front"])
 
 	if out := redisTool(t, "redis-cli", "-h", host, "-p", port, "SET", "k", "v"); strings.TrimSpace(out) != "OK" {
 		t.Fatalf("SET through l4lb: %q", out)
@@ -428,12 +323,12 @@ name = "p"
 hosts = [ { address = %q, id = "a" } ]
 `, sock, filepath.Join(dir, "state"), a.Addr())
 	p := startL4lb(t, cfgText)
-	cfgPath := p.cmd.Args[len(p.cmd.Args)-1]
+	cfgPath := p.Cmd.Args[len(p.Cmd.Args)-1]
 	fi, err := os.Stat(sock)
 	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
 		t.Fatalf("control socket: %v, mode %v", err, fi.Mode())
 	}
-	front := p.addrs["front"]
+	front := p.Addrs["front"]
 	tagOf := func() string {
 		c, err := net.Dial("tcp", front)
 		if err != nil {
@@ -469,8 +364,8 @@ hosts = [ { address = %q, id = "a" } ]
 
 	// SIGHUP with a broken file: the old config stays.
 	os.WriteFile(cfgPath, []byte("[[listener]\n"), 0o644)
-	p.cmd.Process.Signal(syscall.SIGHUP)
-	p.waitLog(t, "reload failed: keeping the running config", 10*time.Second)
+	p.Cmd.Process.Signal(syscall.SIGHUP)
+	p.WaitLog(t, "reload failed: keeping the running config", 10*time.Second)
 	if got := tagOf(); got != "b" {
 		t.Fatalf("after a failed reload: %q", got)
 	}
@@ -484,12 +379,12 @@ hosts = [ { address = %q, id = "a" } ]
 	}
 
 	// Restart: the edits come back.
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if err := p.waitExit(t, 40*time.Second); err != nil {
+	p.Cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.WaitExit(t, 40*time.Second); err != nil {
 		t.Fatalf("exit: %v", err)
 	}
 	p2 := startL4lb(t, cfgText)
-	front = p2.addrs["front"]
+	front = p2.Addrs["front"]
 	if got := tagOf(); got != "b" {
 		t.Fatalf("after restart: %q (edits lost?)", got)
 	}

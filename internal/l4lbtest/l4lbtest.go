@@ -160,6 +160,26 @@ func (p *Proc) WaitLog(t testing.TB, msg string, within time.Duration) map[strin
 	}
 }
 
+// WaitExit waits for l4lb to exit (reading the rest of its log) and
+// returns how it exited.
+func (p *Proc) WaitExit(t testing.TB, within time.Duration) error {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		select {
+		case _, ok := <-p.lines:
+			if ok {
+				continue
+			}
+			err := <-p.exit
+			p.exit <- err
+			return err
+		case <-deadline:
+			t.Fatalf("l4lb did not exit within %v", within)
+		}
+	}
+}
+
 // CPUTime returns the user+system CPU time a process has used.
 func CPUTime(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
