@@ -295,16 +295,13 @@ func curlUnix(t *testing.T, socket, method, path, body string) (int, string) {
 	return code, s[:max(i, 0)]
 }
 
-// TestControlEndToEnd: the real binary with its control socket: curl adds a
-// host and takes one down, new connections follow at once; the socket is
-// 0600; l4lb ctl reads the status; SIGHUP with a broken file keeps the old
-// config; a restart keeps the edits.
-func TestControlEndToEnd(t *testing.T) {
-	a := testbackend.New(t, testbackend.Tagger("a"))
-	b := testbackend.New(t, testbackend.Tagger("b"))
+// ctlTestConfig is a config with a control socket and a state directory in
+// a fresh temporary directory, one listener and one host a; extra goes into
+// the listener's table.
+func ctlTestConfig(t *testing.T, a, extra string) (sock, config string) {
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "control.sock")
-	cfgText := fmt.Sprintf(`[log]
+	sock = filepath.Join(dir, "control.sock")
+	return sock, fmt.Sprintf(`[log]
 format = "json"
 
 [control]
@@ -315,13 +312,24 @@ state_dir = %q
 name = "front"
 listen = "127.0.0.1:0"
 upstream = "u"
+%s
 
 [upstream.u]
 
 [[upstream.u.pool]]
 name = "p"
 hosts = [ { address = %q, id = "a" } ]
-`, sock, filepath.Join(dir, "state"), a.Addr())
+`, sock, filepath.Join(dir, "state"), extra, a)
+}
+
+// TestControlEndToEnd: the real binary with its control socket: curl adds a
+// host and takes one down, new connections follow at once; the socket is
+// 0600; l4lb ctl reads the status; SIGHUP with a broken file keeps the old
+// config; a restart keeps the edits.
+func TestControlEndToEnd(t *testing.T) {
+	a := testbackend.New(t, testbackend.Tagger("a"))
+	b := testbackend.New(t, testbackend.Tagger("b"))
+	sock, cfgText := ctlTestConfig(t, a.Addr(), "")
 	p := startL4lb(t, cfgText)
 	cfgPath := p.Cmd.Args[len(p.Cmd.Args)-1]
 	fi, err := os.Stat(sock)
@@ -396,27 +404,7 @@ hosts = [ { address = %q, id = "a" } ]
 func TestControlEveryRoute(t *testing.T) {
 	a := testbackend.New(t, testbackend.Tagger("a"))
 	b := testbackend.New(t, testbackend.Tagger("b"))
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "control.sock")
-	cfgText := fmt.Sprintf(`[log]
-format = "json"
-
-[control]
-socket = %q
-state_dir = %q
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-upstream = "u"
-drain_timeout = "1s"
-
-[upstream.u]
-
-[[upstream.u.pool]]
-name = "p"
-hosts = [ { address = %q, id = "a" } ]
-`, sock, filepath.Join(dir, "state"), a.Addr())
+	sock, cfgText := ctlTestConfig(t, a.Addr(), `drain_timeout = "1s"`)
 	startL4lb(t, cfgText)
 	type step struct {
 		method, path, body string
