@@ -384,7 +384,8 @@ func holdOne(addr string) (net.Conn, error) {
 	}
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	b := []byte{'x'}
-	if _, err := c.Write(b); err == nil {
+	_, err = c.Write(b)
+	if err == nil {
 		_, err = c.Read(b)
 	}
 	if err != nil {

@@ -326,8 +326,10 @@ func TestMaxConns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !a.TryAcquire() || !a.TryAcquire() {
-		t.Fatal("acquire under the limit failed")
+	for i := 0; i < 2; i++ {
+		if !a.TryAcquire() {
+			t.Fatalf("acquire %d under the limit failed", i+1)
+		}
 	}
 	if a.TryAcquire() || !a.Full() || a.Usable() {
 		t.Fatal("a full host accepted another connection or looks usable")

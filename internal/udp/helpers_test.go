@@ -89,8 +89,6 @@ func tagger(tag string) func([]byte) []byte {
 	return func(p []byte) []byte { return append([]byte(tag+"|"), p...) }
 }
 
-func silent([]byte) []byte { return nil }
-
 // refused returns an address where nothing listens: datagrams to it get an
 // ICMP port unreachable.
 func refused(t testing.TB) string {
