@@ -37,7 +37,7 @@ type rig struct {
 	res            chan Result
 }
 
-func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
+func tcpPair(t testing.TB) (dialed, accepted *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
