@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -27,6 +28,12 @@ func rawConn(c net.Conn) (syscall.RawConn, bool) {
 	return nil, false
 }
 
+// smallBuf is the buffer of the small-message path: a read that fills it
+// switches the direction to splice(2) for the rest of the burst.
+const smallBuf = 16 << 10
+
+var smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
+
 // splicer is the state of one direction's splice loop. Its two callbacks are
 // method values made once per direction, so the byte path allocates nothing.
 type splicer struct {
@@ -38,7 +45,9 @@ type splicer struct {
 	eof      bool
 	moved    bool // splice(2) moved bytes at least once
 	noPipe   bool
-	wn       int // bytes left to move from the pipe to dst
+	small    bool // small-message mode: read(2)/write(2) through a buffer
+	burst    int  // bytes spliced since this direction last waited
+	wn       int  // bytes left to move from the pipe to dst
 	werr     error
 	readFn   func(uintptr) bool
 	writeFn  func(uintptr) bool
@@ -49,9 +58,28 @@ type splicer struct {
 // copyBuffer (the conns are not spliceable, or the kernel refused with EINVAL
 // before any byte moved).
 //
+// It has two modes. Bulk mode splices through a pipe until splice(2) says
+// EAGAIN (a short splice is not a sign that the socket is drained: the pipe
+// may have run out of slots). When a whole burst turned out smaller than
+// smallBuf, the direction switches to small-message mode: read(2) into a
+// pooled buffer and write(2) it out, which costs less CPU than moving a few
+// bytes through a pipe (no pipe from the pool, no page references). A read
+// that fills the buffer switches back to bulk mode.
+//
+// Small-message mode still reads until EAGAIN before it waits, although a
+// short TCP read means the receive queue was empty: the read that returns
+// the last bytes may also have consumed a FIN (TCP_INQ would flag that),
+// and bytes followed closely by a RST read as a short read too, with the
+// reset only reported by the next read (TCP_INQ says 0 then: checked on
+// Linux 6.18). Netpoll is edge-triggered and hides the event's flags
+// (EPOLLRDHUP, EPOLLHUP), and both edges can be consumed by the wake-up that
+// led to the short read, so waiting after it could wait forever on a
+// connection that has ended. Saving that read needs an engine that owns its
+// epoll set and sees the flags, as nginx does.
+//
 // Invariants: the pipe is empty whenever this direction waits for src to
 // become readable, and it is then given back to the pool, so an idle
-// connection holds no pipe. A pipe is only ever returned to
+// connection holds no pipe (and no buffer). A pipe is only ever returned to
 // the pool empty; one that may still hold bytes (after an error) is closed
 // instead.
 func (d *direction) splice() (handled bool, err error) {
@@ -107,10 +135,45 @@ func (sp *splicer) run() (handled bool, err error) {
 }
 
 // read is the src.Read callback: it moves what src has, then returns false
-// to wait or true when the direction is over (eof, opErr or noPipe set).
+// to wait (after EAGAIN) or true when the direction is over (eof, opErr or
+// noPipe set).
 func (sp *splicer) read(fd uintptr) bool {
 	d := sp.d
 	for {
+		if sp.small {
+			bp := smallPool.Get().(*[]byte)
+			n, err := unix.Read(int(fd), *bp)
+			switch {
+			case err == unix.EINTR:
+				smallPool.Put(bp)
+				continue
+			case err == unix.EAGAIN:
+				smallPool.Put(bp)
+				return false
+			case err != nil:
+				smallPool.Put(bp)
+				sp.opErr = os.NewSyscallError("read", err)
+				return true
+			case n == 0:
+				smallPool.Put(bp)
+				sp.eof = true
+				return true
+			}
+			d.s.touch()
+			werr := d.writeAll((*bp)[:n])
+			smallPool.Put(bp)
+			if werr != nil {
+				sp.opErr = werr
+				return true
+			}
+			if n == smallBuf {
+				sp.small = false // a full buffer: bulk, splice the rest
+				sp.burst = 0
+			}
+			// A short read is not taken as "drained": read again, to
+			// EAGAIN (see splice for why).
+			continue
+		}
 		if sp.p == nil {
 			if sp.p = sp.pipes.get(); sp.p == nil {
 				sp.noPipe = true
@@ -126,6 +189,10 @@ func (sp *splicer) read(fd uintptr) bool {
 			// before waiting, so idle connections hold no pipe.
 			sp.pipes.put(sp.p)
 			sp.p = nil
+			if sp.moved && sp.burst < smallBuf {
+				sp.small = true // small messages: read/write from now on
+			}
+			sp.burst = 0
 			return false
 		case err == unix.EINVAL && !sp.moved:
 			sp.opErr = err
@@ -149,6 +216,7 @@ func (sp *splicer) read(fd uintptr) bool {
 			sp.moved = true
 			d.s.spliced.Store(true)
 		}
+		sp.burst += int(n)
 		d.s.touch()
 		if werr := sp.write(int(n)); werr != nil {
 			sp.opErr = werr
