@@ -37,7 +37,7 @@ type rig struct {
 	res            chan Result
 }
 
-func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
+func tcpPair(t testing.TB) (dialed, accepted *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -368,5 +368,68 @@ func TestResetReturnsPipe(t *testing.T) {
 	}
 	if inUse := pp.Open() - pp.Idle(); inUse != 0 {
 		t.Fatalf("%d pipes leaked by 20 reset sessions", inUse)
+	}
+}
+
+// TestSmallThenBulk: a conversation that switches between small messages
+// (read/write mode) and bulk (splice mode) both ways keeps every byte in
+// order, and a reset arriving in small-message mode is still passed on.
+func TestSmallThenBulk(t *testing.T) {
+	r := newRig(t, false, Options{IdleTimeout: 10 * time.Second})
+	echo := make(chan error, 1)
+	go func() { // server: echo everything back
+		_, err := io.Copy(r.server, r.server)
+		echo <- err
+	}()
+	r.client.SetDeadline(time.Now().Add(10 * time.Second))
+	for round, size := range []int{1, 7, 100, 16<<10 - 1, 16 << 10, 16<<10 + 1, 3, 1 << 20, 5, 9, 300 << 10, 2} {
+		for i := 0; i < 3; i++ {
+			msg := randBytes(t, size)
+			go r.client.Write(msg)
+			got := make([]byte, size)
+			if _, err := io.ReadFull(r.client, got); err != nil {
+				t.Fatalf("round %d size %d: %v", round, size, err)
+			}
+			if !bytes.Equal(got, msg) {
+				t.Fatalf("round %d size %d: bytes altered", round, size)
+			}
+		}
+	}
+	if !r.sess.spliced.Load() {
+		t.Fatal("bulk rounds did not splice")
+	}
+	// Now in small-message mode (the last messages were small): a reset
+	// from the server reaches the client as a reset.
+	r.server.SetLinger(0)
+	r.server.Close()
+	<-echo
+	if res := r.wait(t, 5*time.Second); res.End != EndResetB {
+		t.Fatalf("end %v after a reset in small-message mode", res.End)
+	}
+	if _, err := r.client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read after backend reset: %v", err)
+	}
+}
+
+// TestSmallModeDataThenReset: in small-message mode, bytes followed at once
+// by a reset (both may reach the proxy before it wakes) still end the
+// session, with no timeout to fall back on: a short read must not be taken
+// as "drained" and waited on.
+func TestSmallModeDataThenReset(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		r := newRig(t, false, Options{})
+		r.client.SetDeadline(time.Now().Add(10 * time.Second))
+		for j := 0; j < 3; j++ { // small exchanges: small-message mode
+			r.server.Write([]byte("hi"))
+			if _, err := io.ReadFull(r.client, make([]byte, 2)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r.server.Write([]byte("bye"))
+		r.server.SetLinger(0)
+		r.server.Close()
+		if res := r.wait(t, 5*time.Second); res.End != EndResetB {
+			t.Fatalf("end %v", res.End)
+		}
 	}
 }
