@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -482,4 +483,63 @@ func ctlPost(t *testing.T, sock, path, body string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// TestFleetRealAgent runs propagation and a forced-order conflict against
+// a real dev agent when a consul binary is on PATH.
+func TestFleetRealAgent(t *testing.T) {
+	bin, err := exec.LookPath("consul")
+	if err != nil {
+		t.Skip("no consul binary on PATH: the real-agent fleet scenario is skipped (the stand-in covers it)")
+	}
+	ports := make([]int, 6)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, ports[i] = hostPort(t, ln.Addr().String())
+		ln.Close()
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	cmd := exec.Command(bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", strconv.Itoa(ports[0]), "-dns-port", strconv.Itoa(ports[1]), "-server-port", strconv.Itoa(ports[2]),
+		"-serf-lan-port", strconv.Itoa(ports[3]), "-serf-wan-port", strconv.Itoa(ports[4]), "-grpc-port", strconv.Itoa(ports[5]))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	waitFor(t, 20*time.Second, "the dev agent's leader", func() bool {
+		resp, err := hc.Get("http://" + addr + "/v1/status/leader")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == 200 && len(b) > 4
+	})
+	fl := startFleet(t, []string{addr, addr, addr}, "127.0.0.1:7")
+	for _, m := range fl {
+		waitFor(t, 5*time.Second, "first read", func() bool { return m.s.StoreStatus().InSync })
+	}
+	var lat []time.Duration
+	for i, m := range fl {
+		id := fmt.Sprintf("r%d", i)
+		if err := m.s.AddHost("u", "p", control.HostSpec{ID: id, Address: fmt.Sprintf("127.0.6.%d:7", i+1), Weight: 1}); err != nil {
+			t.Fatalf("edit on %d: %v", i, err)
+		}
+		start := time.Now()
+		for j, o := range fl {
+			if j != i {
+				waitFor(t, 5*time.Second, "propagation", func() bool { return hasHost(o.s, id) })
+				lat = append(lat, time.Since(start))
+			}
+		}
+	}
+	t.Logf("real agent: edit seen on the other instances in %v", lat)
+	// A stale index is refused by the real agent too.
+	if err := fl[0].s.fleet.Commit(context.Background(), encodeJournal(nil), fl[0].s.StoreStatus().Index-1); err == nil {
+		t.Fatal("check-and-set with a stale index succeeded")
+	}
 }
