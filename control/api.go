@@ -155,6 +155,23 @@ type Status struct {
 	Hosts     []HostStatus      `json:"hosts"`
 	Listeners []ListenerStatus  `json:"listeners"`
 	Discovery []DiscoveryStatus `json:"discovery,omitempty"`
+	Store     *StoreStatus      `json:"store,omitempty"`
+}
+
+// StoreStatus is where the live edits are kept: a local file, or (fleet
+// mode) a Consul key shared by every instance, and whether this instance
+// has the stored edits in force.
+type StoreStatus struct {
+	Kind      string    `json:"kind"`                 // local | consul
+	Key       string    `json:"key,omitempty"`        // the Consul key, or the local journal file
+	Source    string    `json:"source,omitempty"`     // consul: consul | last_known_good | none
+	Index     uint64    `json:"index,omitempty"`      // consul: ModifyIndex of the edits in force
+	Edits     int       `json:"edits"`                // edits in the journal
+	InSync    bool      `json:"in_sync"`              // the edits in force are the stored ones, and Consul answers
+	Updated   time.Time `json:"updated,omitzero"`     // consul: last good answer
+	Age       string    `json:"age,omitempty"`        // how long ago, rounded to the second
+	Failures  int       `json:"failures,omitempty"`   // consecutive failed queries
+	LastError string    `json:"last_error,omitempty"` // while failing
 }
 
 // DiscoveryStatus is where a pool that follows a Consul service has its

@@ -240,6 +240,10 @@ func (k *ctl) run(ctx context.Context, pos []string) error {
 				fmt.Fprintln(w)
 				discoveryTable(w, st.Discovery)
 			}
+			if st.Store != nil {
+				fmt.Fprintln(w)
+				fmt.Fprintln(w, storeLine(*st.Store))
+			}
 		})
 	case "sessions":
 		if err := errors.Join(k.only(), args(pos[1:], 0, "sessions")); err != nil {
@@ -526,6 +530,48 @@ func statusTable(w io.Writer, st control.Status, now time.Time) {
 			humanBytes(h.BytesToHost), humanBytes(h.BytesFromHost), h.FailCount, age(h.Since, now), dash(h.Reason))
 	}
 	tw.Flush()
+}
+
+// storeLine is where the edits are kept, in one line:
+//
+//	store: local /var/lib/l4lb/edits.json, 2 edits
+//	store: consul l4lb/prod/edits index 812, 3 edits, in sync (answered 4s ago)
+//	store: consul l4lb/prod/edits index 790, 3 edits, NOT in sync: serving last_known_good; 4 failures: ...
+func storeLine(st control.StoreStatus) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "store: %s %s", st.Kind, dash(st.Key))
+	if st.Kind == "consul" {
+		fmt.Fprintf(&b, " index %d", st.Index)
+	}
+	fmt.Fprintf(&b, ", %d edits", st.Edits)
+	if st.Kind != "consul" {
+		return b.String()
+	}
+	if st.InSync {
+		b.WriteString(", in sync")
+		if st.Age != "" {
+			fmt.Fprintf(&b, " (answered %s ago)", st.Age)
+		}
+		return b.String()
+	}
+	b.WriteString(", NOT in sync")
+	var why []string
+	if st.Source != "consul" {
+		why = append(why, "serving "+dash(st.Source))
+	}
+	if st.Failures > 0 {
+		why = append(why, fmt.Sprintf("%d failures", st.Failures))
+	}
+	if st.LastError != "" {
+		why = append(why, st.LastError)
+	}
+	if st.Age != "" {
+		why = append(why, "last answer "+st.Age+" ago")
+	}
+	if len(why) > 0 {
+		b.WriteString(": " + strings.Join(why, "; "))
+	}
+	return b.String()
 }
 
 func sessionTable(w io.Writer, ss []control.Session) {

@@ -43,10 +43,13 @@ type Control struct {
 	Mode   string `toml:"mode"`   // octal file mode of Socket; default "0600"
 	Group  string `toml:"group"`  // "" = the process's group
 	// Uids allowed to connect besides root, l4lb's own uid and members of Group.
-	AllowUIDs []int       `toml:"allow_uids"`
-	StateDir  string      `toml:"state_dir"` // "" = live edits are not persisted
-	Store     string      `toml:"store"`     // local | consul; default local
-	FileMode  os.FileMode `toml:"-"`         // Mode, parsed
+	AllowUIDs []int  `toml:"allow_uids"`
+	StateDir  string `toml:"state_dir"` // "" = live edits are not persisted
+	Store     string `toml:"store"`     // local | consul; default local
+	// KVPrefix is where fleet mode keeps its keys in Consul (the journal at
+	// KVPrefix + "edits"); default "l4lb/default/".
+	KVPrefix string      `toml:"kv_prefix"`
+	FileMode os.FileMode `toml:"-"` // Mode, parsed
 }
 
 // Metrics configures the Prometheus endpoint.

@@ -358,44 +358,25 @@ func TestSyntaxError(t *testing.T) {
 	}
 }
 
-func TestUnsupported(t *testing.T) {
-	src := strings.Replace(base, `upstream = "redis"`, `upstream = "redis"
-proxy_protocol = "v1"
-allow = ["10.0.0.0/8"]
-deny = ["10.0.0.1/32"]`, 1)
-	src = strings.Replace(src, `[upstream.redis]`, `[upstream.redis]
-method = "least_conn"
-slow_start = "10s"
-close_on_down = true`, 1)
-	src = strings.Replace(src, `name = "primary"`, `name = "primary"
-method = "hash"`, 1)
-	src += `
-[upstream.redis.health]
-type = "tcp"
-
-[[upstream.redis.pool]]
-name = "dr"
-hosts = [ { address = "127.0.0.1:6390" } ]
-[upstream.redis.pool.health]
-type = "redis"
-
-[control]
-store = "consul"
-`
-	_, err := parseTest(src)
-	keys := []string{
-		"control.store",
+// TestFleetStore: store = "consul" (fleet mode) is accepted, with the KV
+// prefix defaulted or checked.
+func TestFleetStore(t *testing.T) {
+	c, err := parseTest(base + "\n[control]\nstore = \"consul\"\n")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, k := range keys {
-		e := findKey(err, k)
-		if e == nil || !strings.Contains(e.Msg, "not supported yet in this version") {
-			t.Errorf("%s: want a not-supported error, got %v", k, e)
-		} else if e.Line == 0 {
-			t.Errorf("%s: no line", k)
+	if c.Control.Store != "consul" || c.Control.KVPrefix != DefaultKVPrefix {
+		t.Errorf("store %q prefix %q", c.Control.Store, c.Control.KVPrefix)
+	}
+	c, err = parseTest(base + "\n[control]\nstore = \"consul\"\nkv_prefix = \"l4lb/prod/\"\n")
+	if err != nil || c.Control.KVPrefix != "l4lb/prod/" {
+		t.Fatalf("prefix: %v %v", c, err)
+	}
+	for _, bad := range []string{"l4lb/prod", "/l4lb/", "l4lb//x/"} {
+		_, err := parseTest(base + "\n[control]\nstore = \"consul\"\nkv_prefix = \"" + bad + "\"\n")
+		if e := findKey(err, "control.kv_prefix"); e == nil || e.Line == 0 {
+			t.Errorf("%q: want an error with a line, got %v", bad, err)
 		}
-	}
-	if n := len(Errors(err)); n != len(keys) {
-		t.Errorf("got %d errors, want %d:\n%v", n, len(keys), err)
 	}
 }
 

@@ -19,6 +19,7 @@ const (
 	defaultWeight         = 1
 
 	DefaultConsulAddress  = "127.0.0.1:8500"
+	DefaultKVPrefix       = "l4lb/default/"
 	defaultConsulWait     = 30 * time.Second
 	defaultBackoffMin     = time.Second
 	defaultBackoffMax     = time.Minute
@@ -41,6 +42,9 @@ func (c *Config) setDefaults(has func(key string) bool) {
 	}
 	if c.Control.Store == "" {
 		c.Control.Store = "local"
+	}
+	if c.Control.KVPrefix == "" {
+		c.Control.KVPrefix = DefaultKVPrefix
 	}
 	if c.Consul.Address == "" {
 		c.Consul.Address = DefaultConsulAddress

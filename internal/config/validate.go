@@ -41,6 +41,9 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 	if c.Control.Store != "local" && c.Control.Store != "consul" {
 		v.bad("control.store", "unknown store %q (want local | consul)", c.Control.Store)
 	}
+	if p := c.Control.KVPrefix; strings.HasPrefix(p, "/") || !strings.HasSuffix(p, "/") || strings.Contains(p, "//") {
+		v.bad("control.kv_prefix", "want a Consul KV prefix ending in \"/\" and not starting with one, such as \"l4lb/prod/\", got %q", p)
+	}
 	c.Consul.validate(v)
 	if s := c.Control.Socket; s != "" && !filepath.IsAbs(s) {
 		v.bad("control.socket", "want an absolute path, got %q", s)

@@ -20,21 +20,34 @@ import (
 var _ control.API = (*Server)(nil)
 
 // edit applies one op: on a copy of the specs (which validates), then to
-// the journal on disk, then to the running pools. Any failure before the
-// last step changes nothing.
+// the store (the journal file, or the fleet's Consul key with
+// check-and-set), then to the running pools. Any failure before the last
+// step changes nothing.
 func (s *Server) edit(o op) error {
+	s.editMu.Lock()
+	defer s.editMu.Unlock()
+	if err := s.syncStore(); err != nil {
+		return err
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	next := s.specs.clone()
 	if err := s.applyOp(next, o); err != nil {
+		s.mu.Unlock()
 		return err
 	}
 	journal := compact(append(append([]op(nil), s.journal...), o))
-	if err := saveJournal(s.journalPath(), journal); err != nil {
-		return fmt.Errorf("saving the edit under %s: %v: %w", s.cfg.Control.StateDir, err, control.ErrUnavailable)
+	s.mu.Unlock()
+	// Under editMu only: nothing else changes the specs or the journal
+	// meanwhile (discovery updates only refill consul pools, which apply
+	// does again).
+	if err := s.commit(journal); err != nil {
+		return err
 	}
+	s.mu.Lock()
 	s.journal = journal
 	s.apply(next)
+	s.mu.Unlock()
+	s.committed(journal)
 	return nil
 }
 
@@ -127,6 +140,7 @@ func (s *Server) Status() control.Status {
 	s.mu.Lock()
 	st := s.status()
 	st.Discovery = s.discoveryStatus()
+	st.Store = s.storeStatus(time.Now())
 	lns := append([]*runningListener(nil), s.lns...)
 	s.mu.Unlock()
 	for _, rl := range lns {
@@ -178,15 +192,23 @@ func (s *Server) Subscribe(since uint64, buf int) ([]events.Event, *events.Sub) 
 	return s.feed.Subscribe(since, buf)
 }
 
-// Reset drops every saved edit and goes back to the config file.
+// Reset drops every saved edit and goes back to the config file. In fleet
+// mode it empties the shared journal (with check-and-set): every instance
+// goes back to its config file.
 func (s *Server) Reset() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := saveJournal(s.journalPath(), nil); err != nil {
-		return fmt.Errorf("clearing the saved edits: %v: %w", err, control.ErrUnavailable)
+	s.editMu.Lock()
+	defer s.editMu.Unlock()
+	if err := s.syncStore(); err != nil {
+		return err
 	}
+	if err := s.commit(nil); err != nil {
+		return err
+	}
+	s.mu.Lock()
 	s.journal = nil
 	s.apply(specsFromConfig(s.cfg))
+	s.mu.Unlock()
+	s.committed(nil)
 	s.log.Info().Msg("live edits dropped: back to the config file")
 	return nil
 }
@@ -213,6 +235,8 @@ func (s *Server) Reload() error {
 }
 
 func (s *Server) reload() error {
+	s.editMu.Lock()
+	defer s.editMu.Unlock()
 	if s.path == "" {
 		return errors.New("no config file to reload")
 	}
@@ -244,12 +268,17 @@ func (s *Server) reload() error {
 	}
 	s.mu.Lock()
 	s.cfg = cfg
-	if len(journal) != len(s.journal) {
-		if err := saveJournal(s.journalPath(), journal); err != nil {
-			s.log.Error().Err(err).Msg("saving the journal without the edits that no longer apply")
+	// The local journal drops the edits that no longer apply; the fleet's
+	// is not this instance's alone to prune (another's file may differ),
+	// so it stays whole: they are skipped here, on each replay.
+	if s.fleet == nil {
+		if len(journal) != len(s.journal) {
+			if err := saveJournal(s.journalPath(), journal); err != nil {
+				s.log.Error().Err(err).Msg("saving the journal without the edits that no longer apply")
+			}
 		}
+		s.journal = journal
 	}
-	s.journal = journal
 	s.apply(next)
 	s.mu.Unlock()
 	s.switchListeners(plan)
@@ -287,6 +316,8 @@ func sameControl(a, b *config.Config) error {
 		{"control.state_dir", a.Control.StateDir, b.Control.StateDir},
 		{"control.mode", a.Control.Mode, b.Control.Mode},
 		{"control.group", a.Control.Group, b.Control.Group},
+		{"control.store", a.Control.Store, b.Control.Store},
+		{"control.kv_prefix", a.Control.KVPrefix, b.Control.KVPrefix},
 		{"metrics.listen", a.Metrics.Listen, b.Metrics.Listen},
 		{"log.level", a.Log.Level, b.Log.Level},
 		{"log.format", a.Log.Format, b.Log.Format},

@@ -7,6 +7,7 @@ import (
 	"github.com/l4lb/l4lb/internal/atomicfile"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/l4lb/l4lb/control"
 	"github.com/l4lb/l4lb/pool"
@@ -224,10 +225,21 @@ func (s *Server) upstreamFromView(name string, v control.Upstream, old *upSpec) 
 	return u, nil
 }
 
-// journalFile is the saved edits: {"version": 1, "ops": [...]}.
+// journalFile is the saved edits: {"version": 1, "ops": [...]}. It is
+// also the value of the fleet store's key in Consul (without "store").
 type journalFile struct {
-	Version int  `json:"version"`
-	Ops     []op `json:"ops"`
+	Version int        `json:"version"`
+	Ops     []op       `json:"ops"`
+	Store   *storeMeta `json:"store,omitempty"` // fleet mode: where the copy comes from
+}
+
+// storeMeta says, in the local copy of a fleet journal (the last-known-good
+// one), which Consul key and index it is a copy of, and when it was read.
+type storeMeta struct {
+	Kind  string    `json:"kind"` // consul
+	Key   string    `json:"key"`
+	Index uint64    `json:"index"`
+	Time  time.Time `json:"time"`
 }
 
 const journalName = "edits.json"
@@ -239,8 +251,9 @@ func (s *Server) journalPath() string {
 	return filepath.Join(s.cfg.Control.StateDir, journalName)
 }
 
-// loadJournal reads the saved edits; a missing file is an empty journal.
-func loadJournal(path string) ([]op, error) {
+// loadJournal reads the saved edits; a missing file is an empty journal
+// (and a nil journalFile).
+func loadJournal(path string) (*journalFile, error) {
 	if path == "" {
 		return nil, nil
 	}
@@ -251,24 +264,53 @@ func loadJournal(path string) ([]op, error) {
 	if err != nil {
 		return nil, err
 	}
-	var j journalFile
-	if err := json.Unmarshal(b, &j); err != nil {
+	j, err := decodeJournal(b)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if j.Version != 1 {
-		return nil, fmt.Errorf("%s: unknown version %d", path, j.Version)
+	return j, nil
+}
+
+// decodeJournal parses a journal file or a fleet store's value.
+func decodeJournal(b []byte) (*journalFile, error) {
+	var j journalFile
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, err
 	}
-	return j.Ops, nil
+	if j.Version != 1 {
+		return nil, fmt.Errorf("unknown version %d", j.Version)
+	}
+	return &j, nil
+}
+
+// encodeJournal is the fleet store's value for ops: the file's format.
+func encodeJournal(ops []op) []byte {
+	if ops == nil {
+		ops = []op{}
+	}
+	b, err := json.MarshalIndent(journalFile{Version: 1, Ops: ops}, "", "  ")
+	if err != nil {
+		panic(err) // ops are plain data
+	}
+	return append(b, '\n')
 }
 
 // saveJournal writes ops atomically: a temporary file, fsync, rename over
 // the old one, fsync of the directory. A crash leaves the old or the new
 // journal, never a mix.
 func saveJournal(path string, ops []op) error {
+	return saveJournalFile(path, journalFile{Version: 1, Ops: ops})
+}
+
+// saveJournalFile writes j as saveJournal does.
+func saveJournalFile(path string, j journalFile) error {
 	if path == "" {
 		return nil
 	}
-	b, err := json.MarshalIndent(journalFile{Version: 1, Ops: ops}, "", "  ")
+	if j.Ops == nil {
+		j.Ops = []op{}
+	}
+	b, err := json.MarshalIndent(j, "", "  ")
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/l4lb/l4lb/internal/config"
 	"github.com/l4lb/l4lb/internal/discovery"
 	"github.com/l4lb/l4lb/internal/events"
+	"github.com/l4lb/l4lb/internal/fleet"
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/internal/proxy"
 	"github.com/l4lb/l4lb/internal/udp"
@@ -35,24 +36,39 @@ type Server struct {
 	checker *health.Checker
 	passive *health.Passive
 	disc    *discovery.Discovery // built always (cheap); follows what the specs ask for
+	fleet   *fleet.Store         // the shared journal (store = "consul"); nil = the local file
 
 	reloadMu       sync.Mutex // one reload at a time
 	reloadFailures atomic.Uint64
 	reloads        atomic.Uint64 // successful ones
 
-	mu        sync.Mutex // guards everything below
-	cfg       *config.Config
-	specs     specs
-	journal   []op
-	live      map[string]*liveUpstream
-	drains    map[*pool.Host]*drain
-	drainKick chan struct{}
-	lns       []*runningListener
-	runCtx    context.Context // set by Run; nil before
-	stopping  bool
-	errs      chan error             // Run's error channel, for listeners started by a reload
-	found     map[string][]*hostSpec // discovered hosts by watch key
-	inherit   Inheritor              // sockets from an upgrade, for Bind; nil = none
+	// editMu: one change of the journal at a time (an edit, a reset, a
+	// reload, a journal from the fleet store). Taken before mu; held over
+	// the fleet store's network writes, which mu is not.
+	editMu sync.Mutex
+
+	mu      sync.Mutex // guards everything below
+	cfg     *config.Config
+	specs   specs
+	journal []op // the stored journal (fleet mode: whole, also the edits this file does not take)
+	// Fleet mode: the ModifyIndex of the key the journal is a copy of,
+	// whether it was read since start (edits need it), where the journal in
+	// force comes from, a stored value that could not be read, and the
+	// index of the last-known-good copy served at start.
+	fleetIndex  uint64
+	fleetRead   bool
+	fleetSource string
+	fleetErr    string
+	lkgIndex    uint64
+	live        map[string]*liveUpstream
+	drains      map[*pool.Host]*drain
+	drainKick   chan struct{}
+	lns         []*runningListener
+	runCtx      context.Context // set by Run; nil before
+	stopping    bool
+	errs        chan error             // Run's error channel, for listeners started by a reload
+	found       map[string][]*hostSpec // discovered hosts by watch key
+	inherit     Inheritor              // sockets from an upgrade, for Bind; nil = none
 
 	access *zerolog.Logger // the access log; nil = the main log
 
@@ -117,22 +133,43 @@ func New(path string, cfg *config.Config, log zerolog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.disc = disc
-	journal, err := loadJournal(s.journalPath())
+	if fc := fleetConfig(cfg); fc != nil {
+		if s.fleet, err = fleet.New(*fc, log); err != nil {
+			return nil, err
+		}
+	}
+	jf, err := loadJournal(s.journalPath())
 	if err != nil {
 		return nil, fmt.Errorf("saved edits: %w (move the file away to start from the config file alone)", err)
+	}
+	var journal []op
+	if jf != nil {
+		journal = jf.Ops
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	next, kept := s.replay(specsFromConfig(cfg), journal)
-	if len(kept) != len(journal) {
-		if err := saveJournal(s.journalPath(), kept); err != nil {
-			return nil, err
+	if s.fleet != nil {
+		// The copy is served until the fleet store answers (Run waits up
+		// to startup_timeout for that); it is kept whole.
+		s.journal, s.fleetSource = journal, sourceNone
+		if jf != nil {
+			s.fleetSource = sourceLKG
+			if jf.Store != nil && jf.Store.Key == s.fleet.Key() {
+				s.lkgIndex = jf.Store.Index
+			}
 		}
+	} else {
+		if len(kept) != len(journal) {
+			if err := saveJournal(s.journalPath(), kept); err != nil {
+				return nil, err
+			}
+		}
+		s.journal = kept
 	}
 	if len(kept) > 0 {
 		log.Info().Int(logkey.Count, len(kept)).Str("file", s.journalPath()).Msg("live edits restored")
 	}
-	s.journal = kept
 	s.apply(next)
 	return s, nil
 }
@@ -326,6 +363,20 @@ func (s *Server) Run(ctx context.Context) error {
 	dctx, stopDisc := context.WithCancel(context.WithoutCancel(ctx))
 	discDone := make(chan error, 1)
 	go runDiscovery(dctx, s.disc, discDone)
+	fleetDone := make(chan struct{})
+	if s.fleet != nil {
+		go runFleet(dctx, s, fleetDone)
+	} else {
+		close(fleetDone)
+	}
+	// Serve the fleet's journal (or, if Consul does not answer within
+	// startup_timeout, the last-known-good copy) from the first connection.
+	if s.fleet != nil {
+		select {
+		case <-s.fleet.Ready():
+		case <-ctx.Done():
+		}
+	}
 	select {
 	case <-s.disc.Ready():
 	case <-ctx.Done():
@@ -357,6 +408,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := <-discDone; err != nil {
 		errs <- err
 	}
+	<-fleetDone
 	stopHealth()
 	hwg.Wait()
 	close(errs)

@@ -1,18 +1,28 @@
 // Package consultest is a stand-in for a Consul agent in tests: an HTTP
-// server on 127.0.0.1 that implements GET /v1/health/service/NAME the way
-// an agent does, as far as l4lb uses it. It answers with X-Consul-Index,
+// server on 127.0.0.1 that implements GET /v1/health/service/NAME, and
+// GET and PUT (with ?cas=) of /v1/kv/KEY, the way an agent does, as far as
+// l4lb uses them. It answers with X-Consul-Index,
 // blocks while ?index= is at least the current index (until ?wait= plus up
 // to wait/16 of jitter, as Consul does), and filters by ?passing and every
 // ?tag=. Faults are switched on per test: 500s, index stuck at 0, an index
 // set backwards, connection resets, and an agent that accepts and never
 // answers (like a SIGSTOPped one).
 //
-// It is not Consul: no catalog endpoints, no ACLs, no datacenters (the dc
+// KV: GET answers [{"Key","Value" (base64),"CreateIndex","ModifyIndex",...}]
+// or 404, with X-Consul-Index (the agent's index: one counter for services
+// and keys, like Consul's raft index), blocking as above; PUT stores the body
+// and answers true, or with ?cas=N only if the key's ModifyIndex is N (0: only
+// if absent), else false. A blocking KV query wakes on any change, not only
+// its key's: Consul allows that, and a client must cope with it.
+//
+// It is not Consul: no catalog endpoints, no recursive or prefix KV reads, no ACLs, no datacenters (the dc
 // asked for is only recorded), no sorting by ?near.
 package consultest
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
 	"maps"
 	"math/rand/v2"
 	"net"
@@ -64,7 +74,12 @@ type Agent struct {
 	changed  chan struct{} // closed and replaced on every change
 	closed   chan struct{}
 
+	kv      map[string]*kvEntry
+	barrier *barrier // KV PUTs held back until this many have arrived; nil = none
+
 	requests atomic.Int64
+	kvGets   atomic.Int64
+	kvPuts   atomic.Int64
 	lastMu   sync.Mutex
 	last     url.Values // the last query's parameters
 }
@@ -92,7 +107,7 @@ func NewAt(addr string) (*Agent, error) {
 }
 
 func newAgent() *Agent {
-	return &Agent{index: 1, services: map[string][]Instance{}, changed: make(chan struct{}), closed: make(chan struct{})}
+	return &Agent{index: 1, services: map[string][]Instance{}, kv: map[string]*kvEntry{}, changed: make(chan struct{}), closed: make(chan struct{})}
 }
 
 // Addr is host:port of the agent's HTTP API.
@@ -216,6 +231,10 @@ func fill(in Instance) Instance {
 
 func (a *Agent) serve(w http.ResponseWriter, r *http.Request) {
 	service, ok := strings.CutPrefix(r.URL.Path, "/v1/health/service/")
+	if key, isKV := strings.CutPrefix(r.URL.Path, "/v1/kv/"); isKV {
+		a.serveKV(w, r, key)
+		return
+	}
 	if !ok || r.Method != http.MethodGet {
 		http.NotFound(w, r)
 		return
@@ -226,19 +245,50 @@ func (a *Agent) serve(w http.ResponseWriter, r *http.Request) {
 	a.last = q
 	a.lastMu.Unlock()
 
+	fault := a.misbehave(w, r)
+	if fault < 0 {
+		return
+	}
+	index := a.block(r, q, fault)
+	a.mu.Lock()
+	list := slices.Clone(a.services[service])
+	a.mu.Unlock()
+
+	passing := q.Has("passing")
+	tags := q["tag"]
+	out := []*api.ServiceEntry{}
+	for _, in := range list {
+		if passing && in.Status != api.HealthPassing && in.Status != api.HealthWarning {
+			continue
+		}
+		if !hasAll(in.Tags, tags) {
+			continue
+		}
+		out = append(out, entry(in))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Consul-Index", strconv.FormatUint(index, 10))
+	w.Header().Set("X-Consul-KnownLeader", "true")
+	w.Header().Set("X-Consul-LastContact", "0")
+	json.NewEncoder(w).Encode(out)
+}
+
+// misbehave carries out the fault switched on, if it ends the request (then
+// it returns -1); otherwise it returns the fault.
+func (a *Agent) misbehave(w http.ResponseWriter, r *http.Request) Fault {
 	a.mu.Lock()
 	fault := a.fault
 	a.mu.Unlock()
 	switch fault {
 	case Error500:
 		http.Error(w, "rpc error making call: rpc error: code = Canceled desc = grpc: the client connection is closing", http.StatusInternalServerError)
-		return
+		return -1
 	case Hang:
 		select {
 		case <-r.Context().Done():
 		case <-a.closed:
 		}
-		return
+		return -1
 	case Reset:
 		if hj, ok := w.(http.Hijacker); ok {
 			if c, _, err := hj.Hijack(); err == nil {
@@ -246,13 +296,19 @@ func (a *Agent) serve(w http.ResponseWriter, r *http.Request) {
 					tc.SetLinger(0)
 				}
 				c.Close()
-				return
+				return -1
 			}
 		}
 		http.Error(w, "no hijack", http.StatusInternalServerError)
-		return
+		return -1
 	}
+	return fault
+}
 
+// block holds a blocking query (?index= at least the current index) until
+// the index moves or ?wait= (plus up to wait/16) has passed, and returns the
+// index to answer with.
+func (a *Agent) block(r *http.Request, q url.Values, fault Fault) uint64 {
 	want, _ := strconv.ParseUint(q.Get("index"), 10, 64)
 	wait := 5 * time.Minute // Consul's default
 	if s := q.Get("wait"); s != "" {
@@ -276,29 +332,11 @@ func (a *Agent) serve(w http.ResponseWriter, r *http.Request) {
 		a.mu.Lock()
 	}
 	index := a.index
-	list := slices.Clone(a.services[service])
 	a.mu.Unlock()
 	if fault == ZeroIndex {
 		index = 0
 	}
-
-	passing := q.Has("passing")
-	tags := q["tag"]
-	out := []*api.ServiceEntry{}
-	for _, in := range list {
-		if passing && in.Status != api.HealthPassing && in.Status != api.HealthWarning {
-			continue
-		}
-		if !hasAll(in.Tags, tags) {
-			continue
-		}
-		out = append(out, entry(in))
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Consul-Index", strconv.FormatUint(index, 10))
-	w.Header().Set("X-Consul-KnownLeader", "true")
-	w.Header().Set("X-Consul-LastContact", "0")
-	json.NewEncoder(w).Encode(out)
+	return index
 }
 
 func hasAll(have, want []string) bool {
@@ -329,4 +367,154 @@ func entry(in Instance) *api.ServiceEntry {
 			{Node: in.Node, CheckID: checkID, Name: "service check", Status: status, ServiceID: in.ID},
 		},
 	}
+}
+
+type kvEntry struct {
+	value          []byte
+	create, modify uint64
+}
+
+// barrier holds KV PUTs until n have arrived.
+type barrier struct {
+	n, arrived int
+	all        chan struct{}
+}
+
+// KVGets and KVPuts count the KV requests received.
+func (a *Agent) KVGets() int64 { return a.kvGets.Load() }
+
+// KVPuts counts the KV writes received.
+func (a *Agent) KVPuts() int64 { return a.kvPuts.Load() }
+
+// HoldPuts makes the next n KV PUTs wait until all n have arrived; they are
+// then served one at a time. It forces a check-and-set race: writers that
+// read the same index all send it before any is served.
+func (a *Agent) HoldPuts(n int) {
+	a.mu.Lock()
+	a.barrier = &barrier{n: n, all: make(chan struct{})}
+	a.mu.Unlock()
+}
+
+// KV returns a key's value and ModifyIndex; ok is false if it is absent.
+func (a *Agent) KV(key string) (value []byte, modify uint64, ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e := a.kv[key]
+	if e == nil {
+		return nil, 0, false
+	}
+	return slices.Clone(e.value), e.modify, true
+}
+
+// PutKV stores a key as a PUT without cas would.
+func (a *Agent) PutKV(key string, value []byte) {
+	a.update(func() { a.putLocked(key, value) })
+}
+
+// DeleteKV removes a key.
+func (a *Agent) DeleteKV(key string) {
+	a.update(func() { delete(a.kv, key) })
+}
+
+// putLocked stores value at the index update is about to set. a.mu held.
+func (a *Agent) putLocked(key string, value []byte) {
+	e := a.kv[key]
+	if e == nil {
+		e = &kvEntry{create: a.index + 1}
+		a.kv[key] = e
+	}
+	e.value, e.modify = slices.Clone(value), a.index+1
+}
+
+func (a *Agent) serveKV(w http.ResponseWriter, r *http.Request, key string) {
+	switch r.Method {
+	case http.MethodGet:
+		a.kvGets.Add(1)
+	case http.MethodPut:
+		a.kvPuts.Add(1)
+	default:
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	q := r.URL.Query()
+	a.lastMu.Lock()
+	a.last = q
+	a.lastMu.Unlock()
+	fault := a.misbehave(w, r)
+	if fault < 0 {
+		return
+	}
+	if r.Method == http.MethodPut {
+		a.putKV(w, r, key, q)
+		return
+	}
+	index := a.block(r, q, fault)
+	a.mu.Lock()
+	e := a.kv[key]
+	var out []map[string]any
+	if e != nil {
+		out = []map[string]any{{
+			"Key": key, "Value": e.value, "Flags": 0, "LockIndex": 0,
+			"CreateIndex": e.create, "ModifyIndex": e.modify,
+		}}
+	}
+	a.mu.Unlock()
+	w.Header().Set("X-Consul-Index", strconv.FormatUint(index, 10))
+	w.Header().Set("X-Consul-KnownLeader", "true")
+	w.Header().Set("X-Consul-LastContact", "0")
+	if out == nil {
+		w.WriteHeader(http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(out)
+}
+
+func (a *Agent) putKV(w http.ResponseWriter, r *http.Request, key string, q url.Values) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	var cas *uint64
+	if s := q.Get("cas"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			http.Error(w, "Invalid CAS index", http.StatusBadRequest)
+			return
+		}
+		cas = &n
+	}
+	a.mu.Lock()
+	b := a.barrier
+	if b != nil {
+		b.arrived++
+		if b.arrived == b.n {
+			close(b.all)
+			a.barrier = nil
+		}
+	}
+	a.mu.Unlock()
+	if b != nil {
+		select {
+		case <-b.all:
+		case <-a.closed:
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+	a.mu.Lock()
+	e := a.kv[key]
+	ok := cas == nil || e == nil && *cas == 0 || e != nil && e.modify == *cas
+	if ok {
+		// Only a write raises the index: a failed check-and-set changes nothing.
+		a.putLocked(key, body)
+		a.index++
+		close(a.changed)
+		a.changed = make(chan struct{})
+	}
+	a.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintln(w, ok)
 }

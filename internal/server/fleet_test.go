@@ -1,0 +1,545 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/l4lb/l4lb/control"
+	"github.com/l4lb/l4lb/internal/discovery/consultest"
+	"github.com/l4lb/l4lb/internal/testbackend"
+	"github.com/l4lb/l4lb/pool"
+)
+
+// fleetConf is one instance of a fleet: store = "consul" with the agent at
+// %s, its own state_dir (%s), an upstream "u" with the hash method and
+// three hosts, the first of them (%s) a real echo backend.
+const fleetConf = `
+[control]
+state_dir = %q
+store = "consul"
+kv_prefix = "l4lb/test/"
+
+[consul]
+address = %q
+wait = "5s"
+backoff_min = "50ms"
+backoff_max = "200ms"
+startup_timeout = "500ms"
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "u"
+connect_timeout = "500ms"
+drain_timeout = "1s"
+
+[upstream.u]
+method = "hash"
+tries = 1
+max_fails = 0
+
+[[upstream.u.pool]]
+name = "p"
+hosts = [
+  { address = %q, id = "a" },
+  { address = "127.0.0.2:7", id = "b" },
+  { address = "127.0.0.3:7", id = "c" },
+]
+`
+
+const fleetKey = "l4lb/test/edits"
+
+// fleetMember is one running instance.
+type fleetMember struct {
+	s     *Server
+	dir   string
+	front string // its listener
+	stop  func()
+}
+
+func startMember(t *testing.T, consul, backend, dir string) *fleetMember {
+	t.Helper()
+	path := filepath.Join(dir, "l4lb.toml")
+	s := newServer(t, path, fmt.Sprintf(fleetConf, filepath.Join(dir, "state"), consul, backend))
+	front, stop := runServer(t, s)
+	return &fleetMember{s: s, dir: dir, front: front, stop: stop}
+}
+
+func startFleet(t *testing.T, consul []string, backend string) []*fleetMember {
+	t.Helper()
+	var out []*fleetMember
+	for _, c := range consul {
+		out = append(out, startMember(t, c, backend, t.TempDir()))
+	}
+	return out
+}
+
+func hasHost(s *Server, id string) bool { _, ok := hostsOf(s, "u")["p/"+id]; return ok }
+
+// waitFor polls cond every millisecond and returns how long it took.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// TestFleetPropagation: an edit through any instance (the API, or the
+// control socket) is in force on the others within one blocking round
+// trip; the store status says in sync everywhere.
+func TestFleetPropagation(t *testing.T) {
+	agent := consultest.New()
+	defer agent.Close()
+	be, err := testbackend.Start(testbackend.Echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	fl := startFleet(t, []string{agent.Addr(), agent.Addr(), agent.Addr()}, be.Addr())
+
+	var lat, editLat []time.Duration
+	for i, m := range fl {
+		id := fmt.Sprintf("x%d", i)
+		t0 := time.Now()
+		if err := m.s.AddHost("u", "p", control.HostSpec{ID: id, Address: fmt.Sprintf("127.0.1.%d:7", i+1), Weight: 1}); err != nil {
+			t.Fatalf("edit on %d: %v", i, err)
+		}
+		start := time.Now()
+		editLat = append(editLat, start.Sub(t0))
+		if !hasHost(m.s, id) {
+			t.Fatalf("instance %d: its own edit is not in force when the call returns", i)
+		}
+		for j, o := range fl {
+			if j != i {
+				waitFor(t, 2*time.Second, fmt.Sprintf("host %s on instance %d", id, j), func() bool { return hasHost(o.s, id) })
+				lat = append(lat, time.Since(start))
+			}
+		}
+	}
+	// Manual states are shared: down on instance 2, seen on 0 and 1.
+	start := time.Now()
+	if err := fl[2].s.HostAction("u", "p", "b", control.ActionDown); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	for j := range 2 {
+		waitFor(t, 2*time.Second, "b manual_down", func() bool { return hostsOf(fl[j].s, "u")["p/b"].State == pool.StateManualDown })
+		lat = append(lat, time.Since(start))
+	}
+
+	// Through a real control socket (curl if there is one).
+	sock := filepath.Join(t.TempDir(), "ctl.sock")
+	stopCtl := serveControl(t, fl[1].s, sock)
+	defer stopCtl()
+	code, body := ctlPost(t, sock, "/v1/upstreams/u/pools/p/hosts", `{"id":"sock","address":"127.0.2.1:7"}`)
+	if code != http.StatusCreated {
+		t.Fatalf("POST over the socket: %d %s", code, body)
+	}
+	start = time.Now()
+	for _, j := range []int{0, 2} {
+		waitFor(t, 2*time.Second, "host sock", func() bool { return hasHost(fl[j].s, "sock") })
+		lat = append(lat, time.Since(start))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	t.Logf("edit calls (read, check-and-set, read back): %v", editLat)
+	t.Logf("edit seen on the other instances after the call returned: %d samples, min %s, median %s, max %s (blocking wait 5s: one round trip)",
+		len(lat), lat[0], lat[len(lat)/2], lat[len(lat)-1])
+	if lat[len(lat)-1] > time.Second {
+		t.Errorf("slowest propagation %s: not one blocking round trip", lat[len(lat)-1])
+	}
+
+	idx := fl[0].s.StoreStatus().Index
+	for i, m := range fl {
+		waitFor(t, time.Second, "in sync", func() bool { st := m.s.StoreStatus(); return st.InSync && st.Index == idx })
+		st := m.s.StoreStatus()
+		if st.Kind != "consul" || st.Key != fleetKey || st.Source != "consul" || st.Edits != 5 {
+			t.Errorf("instance %d store status: %+v", i, st)
+		}
+		// The last-known-good copy is the stored journal.
+		jf, err := loadJournal(filepath.Join(m.dir, "state", "edits.json"))
+		if err != nil || jf == nil || len(jf.Ops) != 5 || jf.Store == nil || jf.Store.Index != idx {
+			t.Errorf("instance %d last-known-good copy: %+v %v", i, jf, err)
+		}
+	}
+	// Reset through one empties the journal of all.
+	if err := fl[0].s.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	for j := range fl {
+		waitFor(t, 2*time.Second, "reset", func() bool { return !hasHost(fl[j].s, "x0") && !hasHost(fl[j].s, "sock") })
+	}
+}
+
+// TestFleetConflict: two instances add the same host id at once, both
+// built on the same index (the agent holds the writes until both are
+// there): exactly one wins, the other gets 409 and changes nothing; the
+// loser converges to the winner's journal. Then a conflict on unrelated
+// edits: the same, a retry succeeds.
+func TestFleetConflict(t *testing.T) {
+	agent := consultest.New()
+	defer agent.Close()
+	fl := startFleet(t, []string{agent.Addr(), agent.Addr(), agent.Addr()}, "127.0.0.1:7")
+
+	for round, ids := range [][2]string{{"same", "same"}, {"d1", "d2"}} {
+		agent.HoldPuts(2)
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		for i := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = fl[i].s.AddHost("u", "p", control.HostSpec{ID: ids[i], Address: fmt.Sprintf("127.0.3.%d:7", i+1)})
+			}()
+		}
+		wg.Wait()
+		won, lost := -1, -1
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				won = i
+			case errors.Is(err, control.ErrConflict) && strings.Contains(err.Error(), "edited concurrently by another instance"):
+				lost = i
+			default:
+				t.Fatalf("round %d instance %d: %v", round, i, err)
+			}
+		}
+		if won < 0 || lost < 0 {
+			t.Fatalf("round %d: want one winner and one 409, got %v", round, errs)
+		}
+		t.Logf("round %d (%s, %s): instance %d won, instance %d got 409: %v", round, ids[0], ids[1], won, lost, errs[lost])
+		want := hostsOf(fl[won].s, "u")
+		for j := range fl {
+			waitFor(t, 2*time.Second, "convergence", func() bool { return fmt.Sprint(hostsOf(fl[j].s, "u")) == fmt.Sprint(want) })
+		}
+		if round == 1 {
+			// The loser retries and wins now.
+			if err := fl[lost].s.AddHost("u", "p", control.HostSpec{ID: ids[lost], Address: "127.0.3.9:7"}); err != nil {
+				t.Fatalf("retry: %v", err)
+			}
+		}
+	}
+}
+
+// TestFleetPartition: one instance loses Consul (its connections cut, new
+// ones reset): it keeps serving traffic with what it has, refuses edits
+// with 503, says it is not in sync; the others edit on. When Consul is
+// back it converges. A restart while cut off serves the last-known-good
+// copy and refuses edits until Consul answers.
+func TestFleetPartition(t *testing.T) {
+	agent := consultest.New()
+	defer agent.Close()
+	be, err := testbackend.Start(testbackend.Echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer be.Close()
+	cut := startCutter(t, agent.Addr())
+	fl := startFleet(t, []string{agent.Addr(), agent.Addr(), cut.addr()}, be.Addr())
+	// Hash: make every client land on the echo host "a" for the traffic check.
+	for _, id := range []string{"b", "c"} {
+		if err := fl[0].s.HostAction("u", "p", id, control.ActionDown); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 2*time.Second, "b, c down on instance 2", func() bool {
+		return hostsOf(fl[2].s, "u")["p/c"].State == pool.StateManualDown
+	})
+
+	cut.set(true)
+	waitFor(t, 2*time.Second, "instance 2 out of sync", func() bool { return !fl[2].s.StoreStatus().InSync })
+	err = fl[2].s.AddHost("u", "p", control.HostSpec{ID: "lost", Address: "127.0.4.1:7"})
+	if !errors.Is(err, control.ErrUnavailable) || !strings.Contains(err.Error(), "cannot be reached") {
+		t.Fatalf("edit while cut off: %v", err)
+	}
+	if hasHost(fl[2].s, "lost") {
+		t.Fatal("a refused edit changed the pool")
+	}
+	t.Logf("edit while cut off: %v", err)
+	t.Logf("status while cut off: %+v", fl[2].s.StoreStatus())
+	for range 20 {
+		if err := echoLine(fl[2].front); err != nil {
+			t.Fatalf("traffic through the cut-off instance: %v", err)
+		}
+	}
+	// The fleet edits on.
+	if err := fl[0].s.AddHost("u", "p", control.HostSpec{ID: "new", Address: "127.0.4.2:7"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "new on instance 1", func() bool { return hasHost(fl[1].s, "new") })
+	time.Sleep(300 * time.Millisecond)
+	if hasHost(fl[2].s, "new") {
+		t.Fatal("the cut-off instance saw an edit")
+	}
+
+	// Restart while cut off: the last-known-good copy (b, c down), edits
+	// refused.
+	fl[2].stop()
+	m := startMember(t, cut.addr(), be.Addr(), fl[2].dir)
+	if st := m.s.StoreStatus(); st.Source != "last_known_good" || st.InSync || st.Edits != 2 {
+		t.Errorf("restarted while cut off: %+v", st)
+	}
+	if hostsOf(m.s, "u")["p/b"].State != pool.StateManualDown {
+		t.Error("the last-known-good copy is not in force")
+	}
+	if err := m.s.HostAction("u", "p", "a", control.ActionDrain); !errors.Is(err, control.ErrUnavailable) || !strings.Contains(err.Error(), "cannot be reached") {
+		t.Fatalf("edit before consul answered: %v", err)
+	}
+	if err := echoLine(m.front); err != nil {
+		t.Fatalf("traffic after the restart: %v", err)
+	}
+
+	cut.set(false)
+	d := waitFor(t, 3*time.Second, "convergence after the partition", func() bool { return hasHost(m.s, "new") })
+	waitFor(t, time.Second, "in sync", func() bool { return m.s.StoreStatus().InSync })
+	t.Logf("converged %s after the partition healed (backoff_max 200ms); status %+v", d, m.s.StoreStatus())
+	if err := m.s.AddHost("u", "p", control.HostSpec{ID: "after", Address: "127.0.4.3:7"}); err != nil {
+		t.Fatalf("edit after healing: %v", err)
+	}
+	waitFor(t, 2*time.Second, "after on instance 0", func() bool { return hasHost(fl[0].s, "after") })
+}
+
+// TestFleetHashSame: with the hash method, 1000 clients map to the same
+// host on every instance, after edits made through different instances.
+func TestFleetHashSame(t *testing.T) {
+	agent := consultest.New()
+	defer agent.Close()
+	fl := startFleet(t, []string{agent.Addr(), agent.Addr(), agent.Addr()}, "127.0.0.1:7")
+	edits := []func() error{
+		func() error {
+			return fl[0].s.AddHost("u", "p", control.HostSpec{ID: "d", Address: "127.0.5.1:7", Weight: 1})
+		},
+		func() error { return fl[1].s.PatchHost("u", "p", "a", control.HostPatch{Weight: ptr(3)}) },
+		func() error { return fl[2].s.HostAction("u", "p", "c", control.ActionDown) },
+	}
+	for _, e := range edits {
+		if err := e(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	idx := fl[0].s.StoreStatus().Index
+	for _, m := range fl {
+		waitFor(t, 2*time.Second, "in sync", func() bool { st := m.s.StoreStatus(); return st.InSync && st.Index == idx })
+	}
+	counts := map[string]int{}
+	for i := range 1000 {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}), uint16(40000+i))
+		key := pool.HashKey(src, false)
+		var first string
+		for j, m := range fl {
+			_, h := m.s.LiveUpstream("u").Pick(key, nil)
+			if h == nil {
+				t.Fatalf("client %s: no host on instance %d", src, j)
+			}
+			if j == 0 {
+				first = h.ID
+				counts[first]++
+			} else if h.ID != first {
+				t.Fatalf("client %s: instance 0 picks %s, instance %d picks %s", src, first, j, h.ID)
+			}
+		}
+	}
+	t.Logf("1000 clients, same host on all three instances; spread %v", counts)
+	if counts["c"] != 0 {
+		t.Errorf("the manual_down host got clients: %v", counts)
+	}
+}
+
+// cutter is a TCP relay to the agent that can cut an instance off: every
+// connection closed, new ones reset.
+type cutter struct {
+	ln   net.Listener
+	to   string
+	mu   sync.Mutex
+	down bool
+	open map[net.Conn]bool
+	wg   sync.WaitGroup
+}
+
+func startCutter(t *testing.T, to string) *cutter {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cutter{ln: ln, to: to, open: map[net.Conn]bool{}}
+	c.wg.Add(1)
+	go c.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		c.set(true)
+		c.wg.Wait()
+	})
+	return c
+}
+
+func (c *cutter) addr() string { return c.ln.Addr().String() }
+
+func (c *cutter) set(down bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.down = down
+	if down {
+		for x := range c.open {
+			x.Close()
+		}
+	}
+}
+
+func (c *cutter) accept() {
+	defer c.wg.Done()
+	for {
+		in, err := c.ln.Accept()
+		if err != nil {
+			return
+		}
+		c.mu.Lock()
+		if c.down {
+			c.mu.Unlock()
+			in.(*net.TCPConn).SetLinger(0)
+			in.Close()
+			continue
+		}
+		out, err := net.Dial("tcp", c.to)
+		if err != nil {
+			c.mu.Unlock()
+			in.Close()
+			continue
+		}
+		c.open[in], c.open[out] = true, true
+		c.mu.Unlock()
+		c.wg.Add(2)
+		go c.pipe(in, out)
+		go c.pipe(out, in)
+	}
+}
+
+func (c *cutter) pipe(dst, src net.Conn) {
+	defer c.wg.Done()
+	io.Copy(dst, src)
+	dst.Close()
+	src.Close()
+	c.mu.Lock()
+	delete(c.open, dst)
+	delete(c.open, src)
+	c.mu.Unlock()
+}
+
+// serveControl serves s's control API on a Unix socket.
+func serveControl(t *testing.T, s *Server, sock string) func() {
+	cs := control.New(control.ServerConfig{Socket: sock}, s, logger())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cs.Run(ctx) }()
+	select {
+	case <-cs.Ready():
+	case err := <-done:
+		t.Fatal(err)
+	}
+	return func() { cancel(); <-done }
+}
+
+// ctlPost POSTs body to path over the socket: with curl if there is one.
+func ctlPost(t *testing.T, sock, path, body string) (int, string) {
+	t.Helper()
+	if curl, err := exec.LookPath("curl"); err == nil {
+		out, err := exec.Command(curl, "-s", "--unix-socket", sock, "-o", "-", "-w", "\n%{http_code}",
+			"-X", "POST", "-H", "Content-Type: application/json", "-d", body, "http://l4lb"+path).Output()
+		if err != nil {
+			t.Fatalf("curl: %v", err)
+		}
+		s := strings.TrimSpace(string(out))
+		i := strings.LastIndexByte(s, '\n')
+		var code int
+		fmt.Sscan(s[i+1:], &code)
+		t.Logf("curl --unix-socket %s -X POST %s: %d", sock, path, code)
+		return code, s[:max(i, 0)]
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Post("http://l4lb"+path, "application/json", bytes.NewBufferString(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestFleetRealAgent runs propagation and a forced-order conflict against
+// a real dev agent when a consul binary is on PATH.
+func TestFleetRealAgent(t *testing.T) {
+	bin, err := exec.LookPath("consul")
+	if err != nil {
+		t.Skip("no consul binary on PATH: the real-agent fleet scenario is skipped (the stand-in covers it)")
+	}
+	ports := make([]int, 6)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, ports[i] = hostPort(t, ln.Addr().String())
+		ln.Close()
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	cmd := exec.Command(bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", strconv.Itoa(ports[0]), "-dns-port", strconv.Itoa(ports[1]), "-server-port", strconv.Itoa(ports[2]),
+		"-serf-lan-port", strconv.Itoa(ports[3]), "-serf-wan-port", strconv.Itoa(ports[4]), "-grpc-port", strconv.Itoa(ports[5]))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	waitFor(t, 20*time.Second, "the dev agent's leader", func() bool {
+		resp, err := hc.Get("http://" + addr + "/v1/status/leader")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == 200 && len(b) > 4
+	})
+	fl := startFleet(t, []string{addr, addr, addr}, "127.0.0.1:7")
+	for _, m := range fl {
+		waitFor(t, 5*time.Second, "first read", func() bool { return m.s.StoreStatus().InSync })
+	}
+	var lat []time.Duration
+	for i, m := range fl {
+		id := fmt.Sprintf("r%d", i)
+		if err := m.s.AddHost("u", "p", control.HostSpec{ID: id, Address: fmt.Sprintf("127.0.6.%d:7", i+1), Weight: 1}); err != nil {
+			t.Fatalf("edit on %d: %v", i, err)
+		}
+		start := time.Now()
+		for j, o := range fl {
+			if j != i {
+				waitFor(t, 5*time.Second, "propagation", func() bool { return hasHost(o.s, id) })
+				lat = append(lat, time.Since(start))
+			}
+		}
+	}
+	t.Logf("real agent: edit seen on the other instances in %v", lat)
+	// A stale index is refused by the real agent too.
+	if err := fl[0].s.fleet.Commit(context.Background(), encodeJournal(nil), fl[0].s.StoreStatus().Index-1); err == nil {
+		t.Fatal("check-and-set with a stale index succeeded")
+	}
+}
