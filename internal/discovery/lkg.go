@@ -7,10 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/l4lb/l4lb/internal/atomicfile"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/l4lb/l4lb/internal/atomicfile"
 )
 
 // The last-known-good copy of a watch is one file under StateDir:

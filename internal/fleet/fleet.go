@@ -76,10 +76,11 @@ func (c *Config) defaults() {
 type Value struct {
 	Data  []byte // nil: the key does not exist
 	Index uint64 // its ModifyIndex, for check-and-set; 0 = absent
-	// Fresh: read by a query that did not block (the first, or one after
-	// an error or an index that went backwards). It is the whole current
-	// state, to take even if Index is lower than one seen before (a
-	// restored snapshot).
+	// Fresh: read after Consul's index went backwards (a restored
+	// snapshot, another server): the whole current state, to take even if
+	// Index is lower than one seen before. Any other answer with a lower
+	// Index than one already in force is stale: a query that was in flight
+	// while this instance wrote and read back a newer journal.
 	Fresh bool
 }
 
@@ -169,7 +170,7 @@ func (s *Store) Get(ctx context.Context) (Value, error) {
 	if err != nil {
 		return Value{}, fmt.Errorf("%w: reading %s: %w", ErrUnavailable, s.cfg.Key, err)
 	}
-	return valueOf(pair, true), nil
+	return valueOf(pair, false), nil
 }
 
 // Commit writes data if the key's ModifyIndex is still index (0: only if
@@ -300,7 +301,7 @@ func (w *watch) poll(ctx context.Context, limit time.Duration) result {
 		s.log.Info().Int("failures", w.failures).Msg("consul answers again")
 		w.failures = 0
 	}
-	v := valueOf(pair, fresh)
+	v := valueOf(pair, idx < sent)
 	s.log.Debug().Uint64("sent", sent).Uint64("index", idx).Uint64("modify", v.Index).Bool("fresh", fresh).Msg("consul answered")
 	s.mu.Lock()
 	s.status.Index, s.status.Read, s.status.Updated = v.Index, true, time.Now()

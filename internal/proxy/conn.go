@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/logkey"
+	"github.com/l4lb/l4lb/internal/sockerr"
 	"github.com/l4lb/l4lb/pool"
 	"github.com/l4lb/l4lb/splice"
 	"github.com/rs/zerolog"
@@ -236,25 +237,4 @@ func failKind(err error) pool.FailKind {
 
 // dialReason turns a dial error into the short reason operators read in
 // logs and status: "connection refused", "timeout after 2s".
-func dialReason(err error, timeout time.Duration) string {
-	var ne net.Error
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused"
-	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return "timeout after " + timeout.String()
-	case errors.Is(err, syscall.EHOSTUNREACH):
-		return "host unreachable"
-	case errors.Is(err, syscall.ENETUNREACH):
-		return "network unreachable"
-	case errors.Is(err, syscall.ENOENT):
-		return "no such socket file"
-	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
-		return "out of file descriptors"
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		return oe.Err.Error()
-	}
-	return err.Error()
-}
+func dialReason(err error, timeout time.Duration) string { return sockerr.Reason(err, timeout) }

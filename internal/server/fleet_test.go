@@ -130,7 +130,7 @@ func TestFleetPropagation(t *testing.T) {
 		}
 		for j, o := range fl {
 			if j != i {
-				waitFor(t, 2*time.Second, fmt.Sprintf("host %s on instance %d", id, j), func() bool { return hasHost(o.s, id) })
+				waitFor(t, 10*time.Second, fmt.Sprintf("host %s on instance %d", id, j), func() bool { return hasHost(o.s, id) })
 				lat = append(lat, time.Since(start))
 			}
 		}
@@ -142,7 +142,7 @@ func TestFleetPropagation(t *testing.T) {
 	}
 	start = time.Now()
 	for j := range 2 {
-		waitFor(t, 2*time.Second, "b manual_down", func() bool { return hostsOf(fl[j].s, "u")["p/b"].State == pool.StateManualDown })
+		waitFor(t, 10*time.Second, "b manual_down", func() bool { return hostsOf(fl[j].s, "u")["p/b"].State == pool.StateManualDown })
 		lat = append(lat, time.Since(start))
 	}
 
@@ -156,7 +156,7 @@ func TestFleetPropagation(t *testing.T) {
 	}
 	start = time.Now()
 	for _, j := range []int{0, 2} {
-		waitFor(t, 2*time.Second, "host sock", func() bool { return hasHost(fl[j].s, "sock") })
+		waitFor(t, 10*time.Second, "host sock", func() bool { return hasHost(fl[j].s, "sock") })
 		lat = append(lat, time.Since(start))
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -169,23 +169,24 @@ func TestFleetPropagation(t *testing.T) {
 
 	idx := fl[0].s.StoreStatus().Index
 	for i, m := range fl {
-		waitFor(t, time.Second, "in sync", func() bool { st := m.s.StoreStatus(); return st.InSync && st.Index == idx })
+		waitFor(t, 10*time.Second, "in sync", func() bool { st := m.s.StoreStatus(); return st.InSync && st.Index == idx })
 		st := m.s.StoreStatus()
 		if st.Kind != "consul" || st.Key != fleetKey || st.Source != "consul" || st.Edits != 5 {
 			t.Errorf("instance %d store status: %+v", i, st)
 		}
-		// The last-known-good copy is the stored journal.
-		jf, err := loadJournal(filepath.Join(m.dir, "state", "edits.json"))
-		if err != nil || jf == nil || len(jf.Ops) != 5 || jf.Store == nil || jf.Store.Index != idx {
-			t.Errorf("instance %d last-known-good copy: %+v %v", i, jf, err)
-		}
+		// The last-known-good copy is the stored journal (written just
+		// after the status changes).
+		waitFor(t, 10*time.Second, fmt.Sprintf("instance %d last-known-good copy", i), func() bool {
+			jf, err := loadJournal(filepath.Join(m.dir, "state", "edits.json"))
+			return err == nil && jf != nil && len(jf.Ops) == 5 && jf.Store != nil && jf.Store.Index == idx
+		})
 	}
 	// Reset through one empties the journal of all.
 	if err := fl[0].s.Reset(); err != nil {
 		t.Fatal(err)
 	}
 	for j := range fl {
-		waitFor(t, 2*time.Second, "reset", func() bool { return !hasHost(fl[j].s, "x0") && !hasHost(fl[j].s, "sock") })
+		waitFor(t, 10*time.Second, "reset", func() bool { return !hasHost(fl[j].s, "x0") && !hasHost(fl[j].s, "sock") })
 	}
 }
 
@@ -226,9 +227,26 @@ func TestFleetConflict(t *testing.T) {
 			t.Fatalf("round %d: want one winner and one 409, got %v", round, errs)
 		}
 		t.Logf("round %d (%s, %s): instance %d won, instance %d got 409: %v", round, ids[0], ids[1], won, lost, errs[lost])
-		want := hostsOf(fl[won].s, "u")
+		// The shared part: ids, addresses, weights (health is each
+		// instance's own, so states may differ for a moment).
+		shared := func(s *Server) string {
+			var out []string
+			for k, h := range hostsOf(s, "u") {
+				out = append(out, fmt.Sprintf("%s=%s/%d", k, h.Address, h.Weight))
+			}
+			sort.Strings(out)
+			return strings.Join(out, " ")
+		}
+		want := shared(fl[won].s)
 		for j := range fl {
-			waitFor(t, 2*time.Second, "convergence", func() bool { return fmt.Sprint(hostsOf(fl[j].s, "u")) == fmt.Sprint(want) })
+			deadline := time.Now().Add(10 * time.Second)
+			for shared(fl[j].s) != want {
+				if time.Now().After(deadline) {
+					t.Fatalf("round %d: instance %d did not converge:\nwant %s (instance %d, %+v)\nhave %s (%+v)",
+						round, j, want, won, fl[won].s.StoreStatus(), shared(fl[j].s), fl[j].s.StoreStatus())
+				}
+				time.Sleep(time.Millisecond)
+			}
 		}
 		if round == 1 {
 			// The loser retries and wins now.
@@ -260,12 +278,12 @@ func TestFleetPartition(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 2*time.Second, "b, c down on instance 2", func() bool {
+	waitFor(t, 10*time.Second, "b, c down on instance 2", func() bool {
 		return hostsOf(fl[2].s, "u")["p/c"].State == pool.StateManualDown
 	})
 
 	cut.set(true)
-	waitFor(t, 2*time.Second, "instance 2 out of sync", func() bool { return !fl[2].s.StoreStatus().InSync })
+	waitFor(t, 10*time.Second, "instance 2 out of sync", func() bool { return !fl[2].s.StoreStatus().InSync })
 	err = fl[2].s.AddHost("u", "p", control.HostSpec{ID: "lost", Address: "127.0.4.1:7"})
 	if !errors.Is(err, control.ErrUnavailable) || !strings.Contains(err.Error(), "cannot be reached") {
 		t.Fatalf("edit while cut off: %v", err)
@@ -284,7 +302,7 @@ func TestFleetPartition(t *testing.T) {
 	if err := fl[0].s.AddHost("u", "p", control.HostSpec{ID: "new", Address: "127.0.4.2:7"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, "new on instance 1", func() bool { return hasHost(fl[1].s, "new") })
+	waitFor(t, 10*time.Second, "new on instance 1", func() bool { return hasHost(fl[1].s, "new") })
 	time.Sleep(300 * time.Millisecond)
 	if hasHost(fl[2].s, "new") {
 		t.Fatal("the cut-off instance saw an edit")
@@ -308,13 +326,13 @@ func TestFleetPartition(t *testing.T) {
 	}
 
 	cut.set(false)
-	d := waitFor(t, 3*time.Second, "convergence after the partition", func() bool { return hasHost(m.s, "new") })
-	waitFor(t, time.Second, "in sync", func() bool { return m.s.StoreStatus().InSync })
+	d := waitFor(t, 10*time.Second, "convergence after the partition", func() bool { return hasHost(m.s, "new") })
+	waitFor(t, 10*time.Second, "in sync", func() bool { return m.s.StoreStatus().InSync })
 	t.Logf("converged %s after the partition healed (backoff_max 200ms); status %+v", d, m.s.StoreStatus())
 	if err := m.s.AddHost("u", "p", control.HostSpec{ID: "after", Address: "127.0.4.3:7"}); err != nil {
 		t.Fatalf("edit after healing: %v", err)
 	}
-	waitFor(t, 2*time.Second, "after on instance 0", func() bool { return hasHost(fl[0].s, "after") })
+	waitFor(t, 10*time.Second, "after on instance 0", func() bool { return hasHost(fl[0].s, "after") })
 }
 
 // TestFleetHashSame: with the hash method, 1000 clients map to the same
@@ -335,9 +353,10 @@ func TestFleetHashSame(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	idx := fl[0].s.StoreStatus().Index
+	// The last edit's instance read its index back: the others catch up to it.
+	idx := fl[2].s.StoreStatus().Index
 	for _, m := range fl {
-		waitFor(t, 2*time.Second, "in sync", func() bool { st := m.s.StoreStatus(); return st.InSync && st.Index == idx })
+		waitFor(t, 10*time.Second, "in sync", func() bool { st := m.s.StoreStatus(); return st.InSync && st.Index == idx })
 	}
 	counts := map[string]int{}
 	for i := range 1000 {

@@ -4,12 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/l4lb/l4lb/internal/atomicfile"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/l4lb/l4lb/control"
+	"github.com/l4lb/l4lb/internal/atomicfile"
 	"github.com/l4lb/l4lb/pool"
 )
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/logkey"
+	"github.com/l4lb/l4lb/internal/sockerr"
 	"github.com/l4lb/l4lb/pool"
 	"github.com/rs/zerolog"
 )
@@ -284,21 +285,14 @@ func isHostError(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH)
 }
 
-// errReason turns a socket error into the short reason operators read.
+// errReason turns a socket error into the short reason operators read;
+// on a connected UDP socket refusals and unreachables are ICMP answers.
 func errReason(err error) string {
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return reasonRefused
-	case errors.Is(err, syscall.EHOSTUNREACH):
-		return "host unreachable (ICMP)"
-	case errors.Is(err, syscall.ENETUNREACH):
-		return "network unreachable (ICMP)"
-	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
-		return "out of file descriptors"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return sockerr.Reason(err, 0) + " (ICMP)"
 	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Err != nil {
-		return oe.Err.Error()
-	}
-	return err.Error()
+	return sockerr.Reason(err, 0)
 }
