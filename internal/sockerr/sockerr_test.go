@@ -11,7 +11,9 @@ import (
 )
 
 func TestReason(t *testing.T) {
-	op := func(e error) error { return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", e)} }
+	op := func(e error) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", e)}
+	}
 	for _, c := range []struct {
 		err     error
 		timeout time.Duration
