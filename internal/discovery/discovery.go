@@ -46,6 +46,10 @@ type Config struct {
 	StateDir string // where last-known-good copies are kept; "" = not kept
 }
 
+// SetDefaults fills in every zero field with its default. New calls it;
+// other users of the same Consul settings (the fleet store) do too.
+func (c *Config) SetDefaults() { c.defaults() }
+
 func (c *Config) defaults() {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {

@@ -85,6 +85,14 @@ func (x *watcher) delay(res result) time.Duration {
 
 // backoff is the delay after n consecutive failures (n >= 1): exponential
 // from lo, capped at hi, with jitter over its upper half, never below lo.
+// Backoff is the delay before retry n (from 1): exponential from lo, capped
+// at hi, jittered over its upper half, never below lo. The fleet store
+// retries the same way.
+func Backoff(n int, lo, hi time.Duration) time.Duration { return backoff(n, lo, hi) }
+
+// Jitter adds up to a quarter of d, so instances do not query in step.
+func Jitter(d time.Duration) time.Duration { return jitter(d) }
+
 func backoff(n int, lo, hi time.Duration) time.Duration {
 	base := lo
 	for i := 1; i < n && base < hi; i++ {

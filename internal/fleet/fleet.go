@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -49,26 +48,9 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
-	d := &c.Client
-	def := func(x *time.Duration, v time.Duration) {
-		if *x <= 0 {
-			*x = v
-		}
-	}
-	def(&d.Wait, 30*time.Second)
-	def(&d.BackoffMin, time.Second)
-	def(&d.BackoffMax, time.Minute)
-	def(&d.StartupTimeout, 3*time.Second)
-	def(&d.Margin, 5*time.Second)
-	def(&c.WriteTimeout, 5*time.Second)
-	if d.BackoffMax < d.BackoffMin {
-		d.BackoffMax = d.BackoffMin
-	}
-	if d.Address == "" {
-		d.Address = "127.0.0.1:8500"
-	}
-	if d.Scheme == "" {
-		d.Scheme = "http"
+	c.Client.SetDefaults()
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 5 * time.Second
 	}
 }
 
@@ -257,9 +239,9 @@ func (w *watch) delay(res result) time.Duration {
 	c := &w.s.cfg.Client
 	switch {
 	case res.err != nil:
-		return backoff(w.failures, c.BackoffMin, c.BackoffMax)
+		return discovery.Backoff(w.failures, c.BackoffMin, c.BackoffMax)
 	case res.hot:
-		return jitter(c.BackoffMin)
+		return discovery.Jitter(c.BackoffMin)
 	}
 	return 0
 }
@@ -328,16 +310,3 @@ func (w *watch) fail(err error) {
 	}
 	s.log.Warn().Err(err).Msg("consul query failed: retrying with backoff; edits are refused while consul cannot be reached")
 }
-
-// backoff is discovery's: exponential from lo, capped at hi, jitter over
-// the upper half, never below lo.
-func backoff(n int, lo, hi time.Duration) time.Duration {
-	base := lo
-	for i := 1; i < n && base < hi; i++ {
-		base *= 2
-	}
-	base = min(base, hi)
-	return max(base/2+rand.N(base/2+1), lo)
-}
-
-func jitter(d time.Duration) time.Duration { return d + rand.N(d/4+1) }
