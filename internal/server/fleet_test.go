@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -511,33 +510,7 @@ func TestFleetRealAgent(t *testing.T) {
 	if err != nil {
 		t.Skip("no consul binary on PATH: the real-agent fleet scenario is skipped (the stand-in covers it)")
 	}
-	ports := make([]int, 6)
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, ports[i] = hostPort(t, ln.Addr().String())
-		ln.Close()
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-	cmd := exec.Command(bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-http-port", strconv.Itoa(ports[0]), "-dns-port", strconv.Itoa(ports[1]), "-server-port", strconv.Itoa(ports[2]),
-		"-serf-lan-port", strconv.Itoa(ports[3]), "-serf-wan-port", strconv.Itoa(ports[4]), "-grpc-port", strconv.Itoa(ports[5]))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	waitFor(t, 20*time.Second, "the dev agent's leader", func() bool {
-		resp, err := hc.Get("http://" + addr + "/v1/status/leader")
-		if err != nil {
-			return false
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode == 200 && len(b) > 4
-	})
+	addr := startDevAgent(t, bin)
 	fl := startFleet(t, []string{addr, addr, addr}, "127.0.0.1:7")
 	for _, m := range fl {
 		waitFor(t, 5*time.Second, "first read", func() bool { return m.s.StoreStatus().InSync })
