@@ -135,11 +135,10 @@ func TestFleetPropagation(t *testing.T) {
 		}
 	}
 	// Manual states are shared: down on instance 2, seen on 0 and 1.
-	start := time.Now()
 	if err := fl[2].s.HostAction("u", "p", "b", control.ActionDown); err != nil {
 		t.Fatal(err)
 	}
-	start = time.Now()
+	start := time.Now()
 	for j := range 2 {
 		waitFor(t, 10*time.Second, "b manual_down", func() bool { return hostsOf(fl[j].s, "u")["p/b"].State == pool.StateManualDown })
 		lat = append(lat, time.Since(start))
