@@ -139,26 +139,7 @@ type = "tcp"
 interval = "100ms"
 timeout = "50ms"
 `, refused, echo.Addr())
-	cfg, err := config.Parse("test.toml", []byte(toml))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New("", cfg, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Bind(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server Run: %v", err)
-		}
-	})
+	srv := runServer(t, toml)
 	addr := srv.Listeners()[0].Addr().String()
 	maddr := startMetrics(t, srv)
 
@@ -351,29 +332,10 @@ func TestListenError(t *testing.T) {
 	}
 }
 
-// TestDiscoveryMetrics: a pool following a service of the Consul stand-in
-// shows its index, host count, source and age.
-func TestDiscoveryMetrics(t *testing.T) {
-	agent := consultest.New()
-	defer agent.Close()
-	echo := testbackend.New(t, testbackend.Echo)
-	host, port, _ := net.SplitHostPort(echo.Addr())
-	p, _ := strconv.Atoi(port)
-	agent.Register("app", consultest.Instance{Address: host, Port: p})
-	cfg, err := config.Parse("test.toml", []byte(fmt.Sprintf(`
-[consul]
-address = %q
-
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-upstream = "app"
-
-[upstream.app]
-[[upstream.app.pool]]
-name = "p"
-consul = { service = "app" }
-`, agent.Addr())))
+// runServer runs an l4lb server from toml in-process until the test ends.
+func runServer(t *testing.T, toml string) *server.Server {
+	t.Helper()
+	cfg, err := config.Parse("test.toml", []byte(toml))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +349,38 @@ consul = { service = "app" }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server Run: %v", err)
+		}
+	})
+	return srv
+}
+
+// TestDiscoveryMetrics: a pool following a service of the Consul stand-in
+// shows its index, host count, source and age.
+func TestDiscoveryMetrics(t *testing.T) {
+	agent := consultest.New()
+	defer agent.Close()
+	echo := testbackend.New(t, testbackend.Echo)
+	host, port, _ := net.SplitHostPort(echo.Addr())
+	p, _ := strconv.Atoi(port)
+	agent.Register("app", consultest.Instance{Address: host, Port: p})
+	srv := runServer(t, fmt.Sprintf(`
+[consul]
+address = %q
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "app"
+
+[upstream.app]
+[[upstream.app.pool]]
+name = "p"
+consul = { service = "app" }
+`, agent.Addr()))
 	maddr := startMetrics(t, srv)
 	// Run starts the listeners once discovery has its first answer.
 	echoOnce(t, srv.Listeners()[0].Addr().String(), 10)

@@ -574,6 +574,17 @@ func TestNoLeaks(t *testing.T) {
 	}
 }
 
+// serveEcho echoes every connection ln accepts until ln is closed.
+func serveEcho(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() { io.Copy(c, c); c.Close() }()
+	}
+}
+
 // TestUnixAndIPv6: a unix-socket listener forwarding to a unix-socket host,
 // and an IPv6 listener to an IPv6 host, carry bytes intact (spliced).
 func TestUnixAndIPv6(t *testing.T) {
@@ -585,15 +596,7 @@ func TestUnixAndIPv6(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer bl.Close()
-		go func() {
-			for {
-				c, err := bl.Accept()
-				if err != nil {
-					return
-				}
-				go func() { io.Copy(c, c); c.Close() }()
-			}
-		}()
+		go serveEcho(bl)
 		h := pool.NewHost("sock", "unix", back, 1)
 		p, _ := pool.NewPool("p", 0, pool.MethodRoundRobin, []*pool.Host{h})
 		front := dir + "/front.sock"
@@ -632,15 +635,7 @@ func TestUnixAndIPv6(t *testing.T) {
 			t.Skip("no IPv6 loopback")
 		}
 		defer bl.Close()
-		go func() {
-			for {
-				c, err := bl.Accept()
-				if err != nil {
-					return
-				}
-				go func() { io.Copy(c, c); c.Close() }()
-			}
-		}()
+		go serveEcho(bl)
 		u := upstream(t, []string{bl.Addr().String()})
 		l, err := Listen("v6", "tcp", "[::1]:0", defaults(u), testLogger(t))
 		if err != nil {

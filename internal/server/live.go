@@ -6,7 +6,6 @@ import (
 
 	"github.com/l4lb/l4lb/control"
 	"github.com/l4lb/l4lb/health"
-	"github.com/l4lb/l4lb/internal/config"
 	"github.com/l4lb/l4lb/internal/events"
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/pool"
@@ -274,7 +273,7 @@ func (s *Server) drainLoop(done <-chan struct{}) {
 	}
 }
 
-// hostStatus is one row of GET /v1/status.
+// status is GET /v1/status: every host, removed ones still draining last. s.mu held.
 func (s *Server) status() control.Status {
 	st := control.Status{Hosts: []control.HostStatus{}}
 	names := make([]string, 0, len(s.live))
@@ -325,5 +324,3 @@ func hostSpecFrom(h control.HostSpec, src control.Source, resolve func(string) (
 	}
 	return &hostSpec{ID: id, Address: h.Address, Network: network, Dial: dial, Weight: h.Weight, Source: src, Admin: pool.StateUp}, nil
 }
-
-var _ = config.RoundRobin
