@@ -133,11 +133,13 @@ func TestHostLimit(t *testing.T) {
 	u := upstream(t, []string{a.Addr(), b.Addr()})
 	u.Pools()[0].Hosts[0].SetMaxConns(1)
 	r := start(t, defaults(u))
+	// The first connection takes a's only slot: wait until a greets it, so
+	// the proxy has picked a before the next connection is made.
 	held := dialFrom(t, "127.0.0.1", r.addr)
-	if got := tag(t, r.addr); got != "b" { // round robin: held went to a
-		t.Fatalf("second connection: %q", got)
+	held.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if line, err := bufio.NewReader(held).ReadString('\n'); err != nil || line != "a\n" {
+		t.Fatalf("first connection: %q, %v", line, err)
 	}
-	_ = held
 	for i := 0; i < 4; i++ {
 		if got := tag(t, r.addr); got != "b" {
 			t.Fatalf("connection %d reached %q while a is full", i, got)
