@@ -285,6 +285,34 @@ func TestSdNotify(t *testing.T) {
 	}
 }
 
+// TestSigtermAlwaysCleanStop: SIGTERM to an idle l4lb is a clean stop
+// every time: STOPPING=1 and exit 0. The signal ends the listeners too, so
+// their return raced the signal in the main loop and was once taken for a
+// crash (exit 1, no STOPPING=1).
+func TestSigtermAlwaysCleanStop(t *testing.T) {
+	echo := testbackend.New(t, testbackend.Echo)
+	for i := range 15 {
+		dir := t.TempDir()
+		cfg := filepath.Join(dir, "l4lb.toml")
+		if err := os.WriteFile(cfg, []byte(lifecycleConfig(dir, echo.Addr(), "1s")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sock, ch := notifySocket(t)
+		p := startProc(t, binPath, cfg, "NOTIFY_SOCKET="+sock, fmt.Sprintf("GOMAXPROCS=%d", 1+i%2))
+		pings := 0
+		if m := nextNotify(t, ch, &pings, 20*time.Second); m.msg != "READY=1" {
+			t.Fatalf("run %d: got %q, want READY=1", i, m.msg)
+		}
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		if m := nextNotify(t, ch, &pings, 20*time.Second); m.msg != "STOPPING=1" {
+			t.Fatalf("run %d: got %q, want STOPPING=1", i, m.msg)
+		}
+		if err := p.cmd.Wait(); err != nil {
+			t.Fatalf("run %d: exit: %v", i, err)
+		}
+	}
+}
+
 // TestSystemdAnalyzeVerify checks the unit file with systemd's own linter.
 func TestSystemdAnalyzeVerify(t *testing.T) {
 	bin, err := exec.LookPath("systemd-analyze")

@@ -140,6 +140,25 @@ func run(path string, stderr io.Writer) int {
 		log.Warn().Err(err).Msg("systemd watchdog ignored")
 	}
 
+	// shutdown finishes a signalled stop: ran delivers what the
+	// listeners' Run returns once drained.
+	shutdown := func(ran <-chan error) int {
+		notify.Stopping()
+		log.Info().Msg("shutting down: no new connections; draining")
+		start := time.Now()
+		if runErr := <-ran; runErr != nil {
+			log.Error().Err(runErr).Msg("stopped with errors")
+		}
+		if err := ctl.stop(); err != nil {
+			log.Error().Err(err).Msg("control API")
+		}
+		if err := <-metricsDone; err != nil {
+			log.Error().Err(err).Msg("metrics")
+		}
+		log.Info().Float64(logkey.Duration, time.Since(start).Seconds()).Msg("stopped")
+		return 0
+	}
+
 	for {
 		select {
 		case <-hup:
@@ -164,22 +183,15 @@ func run(path string, stderr io.Writer) int {
 			log.Info().Float64(logkey.Duration, time.Since(start).Seconds()).Msg("stopped after upgrade")
 			return 0
 		case <-ctx.Done():
-			notify.Stopping()
-			log.Info().Msg("shutting down: no new connections; draining")
-			start := time.Now()
-			err := <-done
-			if err != nil {
-				log.Error().Err(err).Msg("stopped with errors")
-			}
-			if err := ctl.stop(); err != nil {
-				log.Error().Err(err).Msg("control API")
-			}
-			if err := <-metricsDone; err != nil {
-				log.Error().Err(err).Msg("metrics")
-			}
-			log.Info().Float64(logkey.Duration, time.Since(start).Seconds()).Msg("stopped")
-			return 0
+			return shutdown(done)
 		case err := <-done:
+			// A signal ends the listeners' context too: Run can return
+			// before this loop sees ctx.Done. That is a shutdown.
+			if ctx.Err() != nil {
+				ran := make(chan error, 1)
+				ran <- err
+				return shutdown(ran)
+			}
 			log.Error().Err(err).Msg("stopped unexpectedly")
 			return 1
 		}
