@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -365,5 +366,105 @@ func TestDetectionTime(t *testing.T) {
 				t.Errorf("event %+v after %v, want down within ~fall×interval", e, d)
 			}
 		})
+	}
+}
+
+// TestRemovalLeavesNothing removes 20 hosts whose real send_expect checks are
+// in the middle of a probe (the peer accepts and never answers, so every
+// probe holds its socket until timeout). Set must cancel those probes: once
+// it returns, every probe socket is closed (the peer sees EOF on each) and
+// the process is back to its fd and goroutine counts from before the checks.
+func TestRemovalLeavesNothing(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 64)
+	closed := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // accept, read until EOF, say so; never write
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var b [64]byte
+				for {
+					if _, err := c.Read(b[:]); err != nil {
+						c.Close()
+						closed <- struct{}{}
+						return
+					}
+				}
+			}()
+		}
+	}()
+	defer func() { l.Close(); wg.Wait() }()
+
+	const n = 20
+	baseFDs := openFDs(t)
+	baseG := runtime.NumGoroutine()
+	c := NewChecker(&recorder{})
+	cfg := Config{Type: TypeSendExpect, Send: "PING\r\n", Expect: "+PONG", Interval: 5 * time.Second, Timeout: 4 * time.Second, Rise: 1, Fall: 1}
+	var targets []*Target
+	for i := range n {
+		h := pool.NewHost(fmt.Sprintf("h%d", i), "tcp", l.Addr().String(), 1)
+		targets = append(targets, &Target{Upstream: "u", Pool: "p", Host: h, Check: cfg})
+	}
+	if err := c.Set(targets); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// Every loop probes at once (the first probe is not delayed past the
+	// jitter), and each probe now holds a connection: wait for all 20.
+	timeout := time.After(3 * time.Second)
+	for i := range n {
+		select {
+		case <-accepted:
+		case <-timeout:
+			t.Fatalf("%d of %d probes connected", i, n)
+		}
+	}
+	t0 := time.Now()
+	if err := c.Set(nil); err != nil {
+		t.Fatal(err)
+	}
+	// Set waits for the removed loops; their probes must stop when
+	// cancelled, not at their 4s timeout.
+	if d := time.Since(t0); d > time.Second {
+		t.Errorf("Set(nil) took %v: the removed hosts' probes ran to their timeout", d)
+	}
+	// The probes were cancelled, not left to their 4s timeout: the peer
+	// sees every socket closed well within it.
+	timeout = time.After(2 * time.Second)
+	for i := range n {
+		select {
+		case <-closed:
+		case <-timeout:
+			t.Fatalf("%d of %d probe sockets closed after the hosts were removed", i, n)
+		}
+	}
+	if got := openFDs(t); got > baseFDs {
+		t.Errorf("%d fds open after removal, %d before the checks", got, baseFDs)
+	}
+	// The server's per-connection goroutines end after sending on closed;
+	// allow them a moment to return.
+	// Run's own goroutine is still running: one more than before.
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > baseG+1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g := runtime.NumGoroutine(); g > baseG+1 {
+		t.Errorf("%d goroutines after removal, %d before the checks (+1 for Run)", g, baseG)
 	}
 }

@@ -70,7 +70,10 @@ func (noneProber) Probe(context.Context, Addr) error { return nil }
 type dialer struct{ timeout time.Duration }
 
 // dial connects to a and sets the conn's deadline from ctx, so that reads and
-// writes are bounded too.
+// writes are bounded too. Cancelling ctx (the host was removed, its check
+// changed, or l4lb is stopping) unblocks them at once: without that, a
+// Checker.Set that removes a host mid-probe would wait out the probe's
+// whole timeout.
 func (d dialer) dial(ctx context.Context, a Addr) (net.Conn, error) {
 	var nd net.Dialer
 	conn, err := nd.DialContext(ctx, a.Network, a.Address)
@@ -80,7 +83,20 @@ func (d dialer) dial(ctx context.Context, a Addr) (net.Conn, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	return conn, nil
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	return probeConn{conn, stop}, nil
+}
+
+// probeConn is a probe's connection: closing it also unhooks it from the
+// probe's context.
+type probeConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c probeConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
 }
 
 // reason maps err to the short text an operator reads. Errors that are not

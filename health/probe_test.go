@@ -7,11 +7,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/l4lb/l4lb/internal/testbackend"
+	"github.com/l4lb/l4lb/pool"
 	"go.uber.org/goleak"
 )
 
@@ -63,9 +66,6 @@ func TestProbersBadPeers(t *testing.T) {
 				want(t, probe(t, c, silent), "timeout after 200ms")
 			}
 		})
-	}
-	if n := openFDs(t); n > 0 {
-		t.Logf("%d fds open after the probes", n)
 	}
 }
 
@@ -248,4 +248,55 @@ func greeter(t *testing.T, b []byte) string {
 func errPacket(code int, msg string) []byte {
 	payload := append([]byte{0xff, byte(code), byte(code >> 8)}, msg...)
 	return append([]byte{byte(len(payload)), byte(len(payload) >> 8), 0, 0}, payload...)
+}
+
+// TestCheckAddress: a check with check_address probes there, not where
+// traffic goes. The host's own port refuses; ":port" (the host's IP, another
+// port) and "/path.sock" both reach live listeners and pass.
+func TestCheckAddress(t *testing.T) {
+	tcpL, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpL.Close()
+	sock := filepath.Join(t.TempDir(), "check.sock")
+	unixL, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unixL.Close()
+	refused := testbackend.Refuser(t)
+	h := pool.NewHost("r", "tcp", refused, 1)
+	_, port, _ := net.SplitHostPort(tcpL.Addr().String())
+
+	for _, tc := range []struct{ checkAddress, want string }{
+		{"", "connection refused"},
+		{":" + port, ""},
+		{tcpL.Addr().String(), ""},
+		{sock, ""},
+	} {
+		c := Config{Type: TypeTCP, Interval: time.Second, Timeout: 500 * time.Millisecond, CheckAddress: tc.checkAddress}
+		a, err := c.CheckAddr(h)
+		if err != nil {
+			t.Fatalf("CheckAddr(%q): %v", tc.checkAddress, err)
+		}
+		p, err := NewProber(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), c.Timeout)
+		err = p.Probe(ctx, a)
+		cancel()
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != tc.want {
+			t.Errorf("check_address %q (probing %s): got %q, want %q", tc.checkAddress, a, got, tc.want)
+		}
+	}
+	// ":port" has no meaning for a unix-socket host: an error, not a guess.
+	if _, err := (Config{CheckAddress: ":" + port}).CheckAddr(pool.NewHost("u", "unix", sock, 1)); err == nil {
+		t.Error("check_address :port on a unix host: no error")
+	}
 }

@@ -220,6 +220,8 @@ func TestBadConfigs(t *testing.T) {
 			"upstream.redis.health.rise", 14, "must be >= 1"},
 		{"health fall 0", base + "[[upstream.redis.pool]]\nname = \"b\"\n[upstream.redis.pool.health]\ntype = \"none\"\nfall = 0\n",
 			"upstream.redis.pool[1].health.fall", 16, "must be >= 1"},
+		{"health check_address not an address", base + "[upstream.redis.health]\ntype = \"tcp\"\ncheck_address = \"redis-exporter\"\n",
+			"upstream.redis.health.check_address", 14, `want host:port, :port or /path.sock, got "redis-exporter"`},
 		{"health unknown type", base + "[upstream.redis.health]\ntype = \"ping\"\n",
 			"upstream.redis.health.type", 13, `unknown value "ping"`},
 		{"health key of another type", base + "[upstream.redis.health]\ntype = \"none\"\nsend = \"PING\"\n",
@@ -694,4 +696,18 @@ tries = 0
 	// l4lb.toml:6: listener[0].connect_timeout: invalid duration 2: durations are strings like "2s"
 	// l4lb.toml:8: upstream.redis: needs at least one [[upstream.redis.pool]]
 	// l4lb.toml:9: upstream.redis.tries: must be 1..100, got 0
+}
+
+// TestCheckAddressForms: the three forms docs/HEALTH.md promises are accepted.
+func TestCheckAddressForms(t *testing.T) {
+	for _, a := range []string{":9121", "10.0.0.5:8080", "[::1]:9121", "/run/redis/exporter.sock"} {
+		c, err := parseTest(base + "[upstream.redis.health]\ntype = \"tcp\"\ncheck_address = \"" + a + "\"\n")
+		if err != nil {
+			t.Errorf("check_address %q: %v", a, err)
+			continue
+		}
+		if got := c.Upstreams["redis"].Health.CheckAddress; got != a {
+			t.Errorf("check_address %q read as %q", a, got)
+		}
+	}
 }

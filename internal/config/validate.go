@@ -260,7 +260,7 @@ func (h *Health) validate(v *validator, k string) {
 	if h.Fall < 1 {
 		v.bad(k+".fall", "must be >= 1, got %d", h.Fall)
 	}
-	if a := h.CheckAddress; a != "" {
+	if a := h.CheckAddress; a != "" && !strings.HasPrefix(a, "/") { // "/path" = a unix socket
 		host, port, err := net.SplitHostPort(a)
 		if err == nil {
 			_, err = parsePort(port)
@@ -269,7 +269,7 @@ func (h *Health) validate(v *validator, k string) {
 			err = fmt.Errorf("bad host %q", host)
 		}
 		if err != nil {
-			v.bad(k+".check_address", "want host:port or :port, got %q", a)
+			v.bad(k+".check_address", "want host:port, :port or /path.sock, got %q", a)
 		}
 	}
 
