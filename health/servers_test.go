@@ -13,22 +13,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/l4lb/l4lb/internal/testbackend"
 )
 
-// need returns the path of binary name, or skips the test (fails it when CI
-// is set: there a missing server is a broken image, not a choice).
-func need(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s not installed: %v", name, err)
-	}
-	t.Skipf("%s not installed (apt-get install redis-server mariadb-server): %v", name, err)
-	return ""
-}
+// need returns the path of binary name, or skips the test (fails it under
+// CI: see testbackend.Tool).
+func need(t *testing.T, name string) string { return testbackend.Tool(t, name) }
 
 // freePort returns a 127.0.0.1 port that was free a moment ago.
 func freePort(t *testing.T) int {

@@ -180,13 +180,7 @@ func TestConnectionLogLine(t *testing.T) {
 // redisServer runs a real redis-server on a free loopback port.
 func redisServer(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("redis-server not installed (make test installs it)")
-		}
-		t.Skip("redis-server not installed; `make test` installs it")
-	}
+	bin := testbackend.Tool(t, "redis-server")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -229,11 +223,7 @@ func redisServer(t *testing.T) string {
 
 func redisTool(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	bin, err := exec.LookPath(name)
-	if err != nil {
-		t.Skipf("%s not installed; `make test` installs it", name)
-	}
-	out, err := exec.Command(bin, args...).CombinedOutput()
+	out, err := exec.Command(testbackend.Tool(t, name), args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}
@@ -277,10 +267,7 @@ func TestRedis(t *testing.T) {
 // status and body.
 func curlUnix(t *testing.T, socket, method, path, body string) (int, string) {
 	t.Helper()
-	bin, err := exec.LookPath("curl")
-	if err != nil {
-		t.Skip("curl not installed; `make test` installs it")
-	}
+	bin := testbackend.Tool(t, "curl")
 	args := []string{"-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket", socket, "-X", method, "http://l4lb" + path}
 	if body != "" {
 		args = append(args, "-H", "Content-Type: application/json", "--data-binary", body)
