@@ -228,9 +228,30 @@ func TestEventsEndWithServer(t *testing.T) {
 	<-srv.Ready()
 	c := NewClient(sock)
 	defer c.Close()
+	// One kept event, replayed first: once it has arrived, the stream is
+	// established and the server is in its live loop.
+	f.feed.Publish(eventsEvent("host_down"))
+	got := make(chan string, 1)
 	streaming := make(chan error, 1)
-	go func() { streaming <- c.Events(context.Background(), Live, func(eventT) error { return nil }) }()
-	time.Sleep(100 * time.Millisecond)
+	go func() {
+		streaming <- c.Events(context.Background(), 0, func(e eventT) error {
+			select {
+			case got <- e.Kind:
+			default:
+			}
+			return nil
+		})
+	}()
+	select {
+	case k := <-got:
+		if k != "host_down" {
+			t.Fatalf("replayed %q, want host_down", k)
+		}
+	case err := <-streaming:
+		t.Fatalf("stream ended before its first event: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the replayed event did not arrive")
+	}
 	cancel()
 	select {
 	case err := <-done:
