@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -303,9 +304,12 @@ func (s *Server) replay(sp specs, journal []op) (specs, []op) {
 }
 
 // sameControl refuses a reload that changes what a reload cannot: the
-// control socket and state directory, the metrics address and the logs,
+// whole [control] section (the socket, its mode, group and allowed uids,
+// the state directory and the store), the metrics address and the logs,
 // which are set up once at start (restart for those). Refusing is better
-// than accepting the file and silently keeping the old values.
+// than accepting the file and silently keeping the old values: a uid taken
+// out of allow_uids would otherwise still be let in. The mode is compared
+// as parsed ("600" is "0600") and allow_uids as a set.
 func sameControl(a, b *config.Config) error {
 	var changed []string
 	for _, c := range []struct {
@@ -314,8 +318,9 @@ func sameControl(a, b *config.Config) error {
 	}{
 		{"control.socket", a.Control.Socket, b.Control.Socket},
 		{"control.state_dir", a.Control.StateDir, b.Control.StateDir},
-		{"control.mode", a.Control.Mode, b.Control.Mode},
+		{"control.mode", a.Control.FileMode, b.Control.FileMode},
 		{"control.group", a.Control.Group, b.Control.Group},
+		{"control.allow_uids", uidSet(a.Control.AllowUIDs), uidSet(b.Control.AllowUIDs)},
 		{"control.store", a.Control.Store, b.Control.Store},
 		{"control.kv_prefix", a.Control.KVPrefix, b.Control.KVPrefix},
 		{"metrics.listen", a.Metrics.Listen, b.Metrics.Listen},
@@ -331,4 +336,12 @@ func sameControl(a, b *config.Config) error {
 		return fmt.Errorf("%s cannot change on reload: restart l4lb to change them (nothing was changed)", strings.Join(changed, ", "))
 	}
 	return nil
+}
+
+// uidSet is a list of uids sorted and without repeats, as a comparable
+// string: the order of allow_uids does not matter.
+func uidSet(uids []int) string {
+	u := slices.Clone(uids)
+	slices.Sort(u)
+	return fmt.Sprint(slices.Compact(u))
 }

@@ -435,3 +435,88 @@ func echoLine(addr string) error {
 	}
 	return nil
 }
+
+// TestReloadRefusesControlChanges: the [control] section is set up once, at
+// start (the control server gets its socket, mode, group and allow_uids
+// then). A reload that changes any of it is refused, naming the keys, over
+// the real control socket (422) and changes nothing; the same settings
+// spelled differently (mode "600", allow_uids reordered) are no change.
+func TestReloadRefusesControlChanges(t *testing.T) {
+	a := testbackend.New(t, testbackend.Tagger("a"))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "l4lb.toml")
+	const tmpl = `
+[control]
+socket = %q
+state_dir = %q
+%s
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "u"
+
+[upstream.u]
+[[upstream.u.pool]]
+name = "p"
+hosts = [ { address = %q, id = "a", weight = %d } ]
+`
+	sock, state := filepath.Join(dir, "ctl.sock"), filepath.Join(dir, "state")
+	file := func(control string, weight int) string {
+		return fmt.Sprintf(tmpl, sock, state, control, a.Addr(), weight)
+	}
+	const base = "mode = \"0600\"\nallow_uids = [1001, 1002]"
+	s := newServer(t, path, file(base, 1))
+	runServer(t, s)
+	_, c := startControl(t, s, control.ServerConfig{})
+	ctx := context.Background()
+	before := s.Upstreams()
+
+	for _, tc := range []struct {
+		name, control string
+		want          []string // keys the error must name
+	}{
+		{"uid added", "mode = \"0600\"\nallow_uids = [1001, 1002, 1003]", []string{"control.allow_uids"}},
+		{"uid taken out", "mode = \"0600\"\nallow_uids = [1001]", []string{"control.allow_uids"}},
+		{"uids dropped", "mode = \"0600\"", []string{"control.allow_uids"}},
+		{"mode", "mode = \"0660\"\nallow_uids = [1001, 1002]", []string{"control.mode"}},
+		{"group", "mode = \"0600\"\ngroup = \"0\"\nallow_uids = [1001, 1002]", []string{"control.group"}},
+		{"mode and uids", "mode = \"0666\"\nallow_uids = [0]", []string{"control.mode", "control.allow_uids"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The weight change shows that nothing of the file applied.
+			if err := os.WriteFile(path, []byte(file(tc.control, 5)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			err := c.Reload(ctx)
+			var se *control.StatusError
+			if !errors.As(err, &se) || se.Code != 422 {
+				t.Fatalf("reload: %v, want a 422", err)
+			}
+			for _, k := range tc.want {
+				if !strings.Contains(se.Message, k) {
+					t.Errorf("error %q does not name %s", se.Message, k)
+				}
+			}
+			if !strings.Contains(se.Message, "restart l4lb") {
+				t.Errorf("error %q does not say to restart", se.Message)
+			}
+			if after := s.Upstreams(); !reflect.DeepEqual(before, after) {
+				t.Errorf("a refused reload changed the upstreams:\n%v\n%v", before, after)
+			}
+		})
+	}
+	if n := s.ReloadFailures(); n != 6 {
+		t.Errorf("reload failures = %d, want 6", n)
+	}
+	// The same settings spelled otherwise are no change: the reload applies.
+	if err := os.WriteFile(path, []byte(file("mode = \"600\"\nallow_uids = [1002, 1001, 1001]", 5)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reload(ctx); err != nil {
+		t.Fatalf("reload with the same [control] spelled otherwise: %v", err)
+	}
+	if w := hostsOf(s, "u")["p/a"].Weight; w != 5 {
+		t.Errorf("weight after the good reload = %d, want 5", w)
+	}
+}
