@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -23,8 +22,10 @@ var _ control.API = (*Server)(nil)
 // edit applies one op: on a copy of the specs (which validates), then to
 // the store (the journal file, or the fleet's Consul key with
 // check-and-set), then to the running pools. Any failure before the last
-// step changes nothing.
+// step changes nothing. Its addresses are resolved first, with no lock
+// held: a slow resolver delays this request only.
 func (s *Server) edit(o op) error {
+	r := s.resolveOps([]op{o})
 	s.editMu.Lock()
 	defer s.editMu.Unlock()
 	if err := s.syncStore(); err != nil {
@@ -32,7 +33,7 @@ func (s *Server) edit(o op) error {
 	}
 	s.mu.Lock()
 	next := s.specs.clone()
-	if err := s.applyOp(next, o); err != nil {
+	if err := s.applyOp(next, o, r); err != nil {
 		s.mu.Unlock()
 		return err
 	}
@@ -50,12 +51,6 @@ func (s *Server) edit(o op) error {
 	s.mu.Unlock()
 	s.committed(journal)
 	return nil
-}
-
-func (s *Server) resolve(addr string) (string, string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return config.ResolveHost(ctx, addr)
 }
 
 // Upstreams returns every upstream, sorted by name.
@@ -254,10 +249,16 @@ func (s *Server) reload() error {
 	if err := sameConsul(s.cfg, cfg); err != nil {
 		return err
 	}
+	// The journal changes only under editMu, held here: it can be read
+	// once, and its names resolved before s.mu is taken.
+	s.mu.Lock()
+	saved := s.journal
+	s.mu.Unlock()
+	r := s.resolveOps(saved)
 	s.mu.Lock()
 	old := s.cfg
 	s.cfg = cfg // replay checks listeners of the new file
-	next, journal := s.replay(specsFromConfig(cfg), s.journal)
+	next, journal := s.replay(specsFromConfig(cfg), saved, r)
 	s.cfg = old
 	s.mu.Unlock()
 
@@ -287,12 +288,12 @@ func (s *Server) reload() error {
 }
 
 // replay applies the journal to sp, dropping (and logging) the ops that no
-// longer apply.
-func (s *Server) replay(sp specs, journal []op) (specs, []op) {
+// longer apply. r holds the journal's addresses, resolved (resolveOps).
+func (s *Server) replay(sp specs, journal []op, r resolved) (specs, []op) {
 	var kept []op
 	for _, o := range journal {
 		try := sp.clone()
-		if err := s.applyOp(try, o); err != nil {
+		if err := s.applyOp(try, o, r); err != nil {
 			s.log.Warn().Err(err).Str("op", o.Op).Str(logkey.Upstream, o.Upstream).Str(logkey.Pool, o.Pool).
 				Str(logkey.Host, o.Host).Msg("a saved edit no longer applies to the config file: dropped")
 			continue
