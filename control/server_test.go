@@ -279,7 +279,10 @@ func TestEventsBadQuery(t *testing.T) {
 }
 
 // TestMalformed sends bad requests; each must get the right 4xx with a
-// message, and change nothing.
+// message, and change nothing. The API here is the fake, so this covers
+// what the server itself refuses (decoding, syntax, the mapping of errors
+// to codes); internal/server's TestMalformedRealServer sends the same and
+// more to the real API, hashing its live state and saved edits.
 func TestMalformed(t *testing.T) {
 	h := start(t, ServerConfig{MaxBody: 64 << 10}, zerolog.Nop())
 	const hostp = "/v1/upstreams/redis/pools/primary/hosts"
