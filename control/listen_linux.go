@@ -15,10 +15,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// umaskMu serialises the umask dance in listen. The umask is process-wide:
-// while it is lowered, a file created by any other goroutine gets the
-// socket's restrictive mode too (never a looser one), so the window is kept
-// to the one bind(2) call and two servers never interleave their changes.
+// umaskMu serialises the umask dance in listen, so two servers never
+// interleave their changes. The umask is process-wide, and no lock keeps
+// other goroutines from creating files while it is changed: such a file
+// gets its permission bits &^ (0777 &^ mode) instead of &^ the process's
+// umask. That is never more than mode allows, but it is not "never looser":
+// where mode grants bits the process umask withholds (mode 0660 under umask
+// 0022) an os.Create made then gets 0660, not 0644; and it can be tighter
+// (a directory made with 0750 under mode 0600 gets 0600, without x). The
+// window is kept to the one bind(2) call, and l4lb binds the socket before
+// it serves (again only when an upgrade fails and it takes the socket back),
+// when little else creates files. (Binding under old|^mode, then widening
+// to mode with a chmod by path, would close the gap at the price of that
+// chmod.)
 var umaskMu sync.Mutex
 
 // listen binds a Unix socket at path whose file has the permission bits of

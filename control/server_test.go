@@ -228,9 +228,30 @@ func TestEventsEndWithServer(t *testing.T) {
 	<-srv.Ready()
 	c := NewClient(sock)
 	defer c.Close()
+	// One kept event, replayed first: once it has arrived, the stream is
+	// established and the server is in its live loop.
+	f.feed.Publish(eventsEvent("host_down"))
+	got := make(chan string, 1)
 	streaming := make(chan error, 1)
-	go func() { streaming <- c.Events(context.Background(), Live, func(eventT) error { return nil }) }()
-	time.Sleep(100 * time.Millisecond)
+	go func() {
+		streaming <- c.Events(context.Background(), 0, func(e eventT) error {
+			select {
+			case got <- e.Kind:
+			default:
+			}
+			return nil
+		})
+	}()
+	select {
+	case k := <-got:
+		if k != "host_down" {
+			t.Fatalf("replayed %q, want host_down", k)
+		}
+	case err := <-streaming:
+		t.Fatalf("stream ended before its first event: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the replayed event did not arrive")
+	}
 	cancel()
 	select {
 	case err := <-done:
@@ -258,7 +279,10 @@ func TestEventsBadQuery(t *testing.T) {
 }
 
 // TestMalformed sends bad requests; each must get the right 4xx with a
-// message, and change nothing.
+// message, and change nothing. The API here is the fake, so this covers
+// what the server itself refuses (decoding, syntax, the mapping of errors
+// to codes); internal/server's TestMalformedRealServer sends the same and
+// more to the real API, hashing its live state and saved edits.
 func TestMalformed(t *testing.T) {
 	h := start(t, ServerConfig{MaxBody: 64 << 10}, zerolog.Nop())
 	const hostp = "/v1/upstreams/redis/pools/primary/hosts"

@@ -1,9 +1,9 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -22,8 +22,10 @@ var _ control.API = (*Server)(nil)
 // edit applies one op: on a copy of the specs (which validates), then to
 // the store (the journal file, or the fleet's Consul key with
 // check-and-set), then to the running pools. Any failure before the last
-// step changes nothing.
+// step changes nothing. Its addresses are resolved first, with no lock
+// held: a slow resolver delays this request only.
 func (s *Server) edit(o op) error {
+	r := s.resolveOps([]op{o})
 	s.editMu.Lock()
 	defer s.editMu.Unlock()
 	if err := s.syncStore(); err != nil {
@@ -31,7 +33,7 @@ func (s *Server) edit(o op) error {
 	}
 	s.mu.Lock()
 	next := s.specs.clone()
-	if err := s.applyOp(next, o); err != nil {
+	if err := s.applyOp(next, o, r); err != nil {
 		s.mu.Unlock()
 		return err
 	}
@@ -49,12 +51,6 @@ func (s *Server) edit(o op) error {
 	s.mu.Unlock()
 	s.committed(journal)
 	return nil
-}
-
-func (s *Server) resolve(addr string) (string, string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return config.ResolveHost(ctx, addr)
 }
 
 // Upstreams returns every upstream, sorted by name.
@@ -253,10 +249,16 @@ func (s *Server) reload() error {
 	if err := sameConsul(s.cfg, cfg); err != nil {
 		return err
 	}
+	// The journal changes only under editMu, held here: it can be read
+	// once, and its names resolved before s.mu is taken.
+	s.mu.Lock()
+	saved := s.journal
+	s.mu.Unlock()
+	r := s.resolveOps(saved)
 	s.mu.Lock()
 	old := s.cfg
 	s.cfg = cfg // replay checks listeners of the new file
-	next, journal := s.replay(specsFromConfig(cfg), s.journal)
+	next, journal := s.replay(specsFromConfig(cfg), saved, r)
 	s.cfg = old
 	s.mu.Unlock()
 
@@ -286,12 +288,12 @@ func (s *Server) reload() error {
 }
 
 // replay applies the journal to sp, dropping (and logging) the ops that no
-// longer apply.
-func (s *Server) replay(sp specs, journal []op) (specs, []op) {
+// longer apply. r holds the journal's addresses, resolved (resolveOps).
+func (s *Server) replay(sp specs, journal []op, r resolved) (specs, []op) {
 	var kept []op
 	for _, o := range journal {
 		try := sp.clone()
-		if err := s.applyOp(try, o); err != nil {
+		if err := s.applyOp(try, o, r); err != nil {
 			s.log.Warn().Err(err).Str("op", o.Op).Str(logkey.Upstream, o.Upstream).Str(logkey.Pool, o.Pool).
 				Str(logkey.Host, o.Host).Msg("a saved edit no longer applies to the config file: dropped")
 			continue
@@ -303,9 +305,12 @@ func (s *Server) replay(sp specs, journal []op) (specs, []op) {
 }
 
 // sameControl refuses a reload that changes what a reload cannot: the
-// control socket and state directory, the metrics address and the logs,
+// whole [control] section (the socket, its mode, group and allowed uids,
+// the state directory and the store), the metrics address and the logs,
 // which are set up once at start (restart for those). Refusing is better
-// than accepting the file and silently keeping the old values.
+// than accepting the file and silently keeping the old values: a uid taken
+// out of allow_uids would otherwise still be let in. The mode is compared
+// as parsed ("600" is "0600") and allow_uids as a set.
 func sameControl(a, b *config.Config) error {
 	var changed []string
 	for _, c := range []struct {
@@ -314,8 +319,9 @@ func sameControl(a, b *config.Config) error {
 	}{
 		{"control.socket", a.Control.Socket, b.Control.Socket},
 		{"control.state_dir", a.Control.StateDir, b.Control.StateDir},
-		{"control.mode", a.Control.Mode, b.Control.Mode},
+		{"control.mode", a.Control.FileMode, b.Control.FileMode},
 		{"control.group", a.Control.Group, b.Control.Group},
+		{"control.allow_uids", uidSet(a.Control.AllowUIDs), uidSet(b.Control.AllowUIDs)},
 		{"control.store", a.Control.Store, b.Control.Store},
 		{"control.kv_prefix", a.Control.KVPrefix, b.Control.KVPrefix},
 		{"metrics.listen", a.Metrics.Listen, b.Metrics.Listen},
@@ -331,4 +337,12 @@ func sameControl(a, b *config.Config) error {
 		return fmt.Errorf("%s cannot change on reload: restart l4lb to change them (nothing was changed)", strings.Join(changed, ", "))
 	}
 	return nil
+}
+
+// uidSet is a list of uids sorted and without repeats, as a comparable
+// string: the order of allow_uids does not matter.
+func uidSet(uids []int) string {
+	u := slices.Clone(uids)
+	slices.Sort(u)
+	return fmt.Sprint(slices.Compact(u))
 }

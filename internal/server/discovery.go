@@ -154,9 +154,9 @@ func (s *Server) hostsFrom(w discovery.Watch, in []discovery.Instance) []*hostSp
 		addr := x.HostPort()
 		network, dial := "tcp", addr
 		if net.ParseIP(x.Address) == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
 			var err error
-			network, dial, err = config.ResolveHost(ctx, addr)
+			network, dial, err = s.resolveHost(ctx, addr)
 			cancel()
 			if err != nil {
 				s.log.Warn().Err(err).Str("watch", w.Key()).Str(logkey.Host, x.ID).Msg("discovered instance left out: its address does not resolve")

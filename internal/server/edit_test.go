@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -300,123 +301,415 @@ upstream = "u"
 	}
 }
 
-// TestEditsUnderLoad: 200 long-lived streams and a stream of new
-// connections while 10 clients add, remove and reweight hosts: no
-// established connection breaks, no new connection fails while a host is
-// up (one stays up throughout), and the final state is the last edits'.
+const underLoad = `
+[control]
+state_dir = %q
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "u"
+drain_timeout = %q
+
+[upstream.u]
+tries = 3
+
+[[upstream.u.pool]]
+name = "p"
+hosts = [ %s ]
+`
+
+// loadStream is one long-lived stream of TestEditsUnderLoad.
+type loadStream struct {
+	host         int          // index of the backend it reached
+	rounds       atomic.Int64 // round trips done, each checked
+	afterRemoval atomic.Int64 // of which begun after its host was first removed
+	lastOK       atomic.Int64 // UnixNano of the last good round trip
+}
+
+// TestEditsUnderLoad: 200 long-lived streams spread over six hosts, and new
+// connections all along, while 10 clients on the real control socket
+// remove, re-add and reweight those hosts. drain_timeout is longer than the
+// run, so a removed host's streams drain rather than get cut. Host h0 is
+// only ever reweighted (1..9), so some host is up throughout.
+//
+// Each editor takes a per-host lock around its request, so the answer to
+// every edit is known in advance (an add of a present host is 409, a remove
+// of an absent one 404, ...) and checked, and the model built from the
+// acknowledged edits is the state the server must end in: it is compared
+// with the control API's view, with the live pool that selection uses (and
+// with what selection does: one smooth-WRR cycle of new connections), and
+// with a server restarted from the saved edits.
+//
+// Claims: every stream echoes every line intact, checked every ~100ms, and
+// every stream on a host that was removed still does after the removal;
+// no new connection fails.
 func TestEditsUnderLoad(t *testing.T) {
 	dur := 30 * time.Second
 	if testing.Short() {
 		dur = 5 * time.Second
 	}
-	const nBackends = 6
+	const nHosts, nStreams, nEditors = 6, 200, 10
 	var backs []*testbackend.Server
-	for i := 0; i < nBackends; i++ {
-		backs = append(backs, testbackend.New(t, testbackend.Echo))
+	var hosts []string
+	for i := range nHosts {
+		backs = append(backs, testbackend.New(t, testbackend.Tagger(fmt.Sprint("h", i))))
+		hosts = append(hosts, fmt.Sprintf(`{ address = %q, id = "h%d" }`, backs[i].Addr(), i))
 	}
 	dir := t.TempDir()
-	s := newServer(t, filepath.Join(dir, "l4lb.toml"), fmt.Sprintf(editable, filepath.Join(dir, "state"), "60s", backs[0].Addr()))
+	path := filepath.Join(dir, "l4lb.toml")
+	toml := fmt.Sprintf(underLoad, filepath.Join(dir, "state"), (dur + time.Minute).String(), strings.Join(hosts, ", "))
+	s := newServer(t, path, toml)
 	addr, _ := runServer(t, s)
+	sock, _ := startControl(t, s, control.ServerConfig{})
 
-	var broken, failed, newOK, rounds atomic.Int64
+	var failMu sync.Mutex
+	var failures []string
+	var nFail atomic.Int64
+	fail := func(format string, args ...any) {
+		if nFail.Add(1) <= 10 {
+			failMu.Lock()
+			failures = append(failures, fmt.Sprintf(format, args...))
+			failMu.Unlock()
+		}
+	}
+	begin := time.Now()
+	since := func() time.Duration { return time.Since(begin).Round(time.Millisecond) }
+	// removedAt[i] is when host i was first removed (UnixNano; 0 = never).
+	var removedAt [nHosts]atomic.Int64
+	hostOf := func(tag string) int {
+		var i int
+		if _, err := fmt.Sscanf(tag, "h%d\n", &i); err != nil || i < 0 || i >= nHosts {
+			return -1
+		}
+		return i
+	}
+
+	// The streams, opened before any edit: round robin over six hosts of
+	// weight 1 spreads them evenly.
 	stopLoad := make(chan struct{})
 	var load sync.WaitGroup
-	// 200 long-lived streams, each echoing a line every ~100ms.
-	for i := 0; i < 200; i++ {
+	streams := make([]*loadStream, nStreams)
+	perHost := make([]int, nHosts)
+	for i := range streams {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
+		r := bufio.NewReader(c)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		tag, err := r.ReadString('\n')
+		h := hostOf(tag)
+		if err != nil || h < 0 {
+			c.Close()
+			t.Fatalf("stream %d reached %q, %v", i, tag, err)
+		}
+		st := &loadStream{host: h}
+		streams[i] = st
+		perHost[h]++
 		load.Add(1)
-		go func(i int, c net.Conn) {
+		go func() {
 			defer load.Done()
 			defer c.Close()
-			r := bufio.NewReader(c)
+			rng := rand.New(rand.NewPCG(uint64(i), 2))
+			pause := time.NewTimer(time.Hour)
+			defer pause.Stop()
 			for n := 0; ; n++ {
+				pause.Reset(time.Duration(50+rng.IntN(100)) * time.Millisecond)
 				select {
 				case <-stopLoad:
 					return
-				case <-time.After(time.Duration(50+rand.IntN(100)) * time.Millisecond):
+				case <-pause.C:
 				}
-				msg := fmt.Sprintf("%d/%d\n", i, n)
+				began := time.Now().UnixNano()
+				msg := fmt.Sprintf("stream %d line %d\n", i, n)
 				c.SetDeadline(time.Now().Add(10 * time.Second))
 				if _, err := c.Write([]byte(msg)); err != nil {
-					broken.Add(1)
+					fail("stream %d (h%d) broken at %v: write: %v", i, h, since(), err)
 					return
 				}
 				if got, err := r.ReadString('\n'); err != nil || got != msg {
-					broken.Add(1)
+					fail("stream %d (h%d) broken at %v: read %q, %v; want %q", i, h, since(), got, err, msg)
 					return
 				}
-				rounds.Add(1)
+				st.rounds.Add(1)
+				if at := removedAt[h].Load(); at != 0 && began > at {
+					st.afterRemoval.Add(1)
+				}
+				st.lastOK.Store(time.Now().UnixNano())
 			}
-		}(i, c)
+		}()
 	}
-	// New connections, one after another.
-	load.Add(1)
-	go func() {
-		defer load.Done()
-		for {
-			select {
-			case <-stopLoad:
-				return
-			default:
-			}
-			if err := echoLine(addr); err != nil {
-				failed.Add(1)
-			} else {
-				newOK.Add(1)
-			}
-			time.Sleep(10 * time.Millisecond)
+	for i, n := range perHost {
+		if n < nStreams/nHosts/2 {
+			t.Fatalf("streams per host %v: h%d has too few for the test to mean anything", perHost, i)
 		}
-	}()
-	// 10 editors on hosts 1..5 (host a, backs[0], is never touched).
-	var edits sync.WaitGroup
-	var editsDone atomic.Int64
+	}
+
+	// New connections all along, from two clients: each must reach a host
+	// and echo.
+	var newOK, newFailed atomic.Int64
+	newConns := make(chan struct{})
+	var newLoad sync.WaitGroup
+	for k := range 2 {
+		newLoad.Go(func() {
+			for n := 0; ; n++ {
+				select {
+				case <-newConns:
+					return
+				default:
+				}
+				if tag, err := tagEcho(addr, fmt.Sprintf("new %d/%d\n", k, n)); err != nil || hostOf(tag) < 0 {
+					newFailed.Add(1)
+					fail("new connection %d/%d at %v: %q, %v", k, n, since(), tag, err)
+				} else {
+					newOK.Add(1)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+
+	// The editors. model[i] is host i as the acknowledged edits left it;
+	// hostMu[i] is held over each edit of host i and its check.
+	type hostModel struct {
+		present bool
+		weight  int
+	}
+	var hostMu [nHosts]sync.Mutex
+	var model [nHosts]hostModel
+	for i := range model {
+		model[i] = hostModel{present: true, weight: 1}
+	}
+	var nAdd, nRemove, nPatch, nRefused atomic.Int64
 	deadline := time.Now().Add(dur)
-	for e := 0; e < 10; e++ {
-		edits.Add(1)
-		go func(e int) {
-			defer edits.Done()
+	var editors sync.WaitGroup
+	for e := range nEditors {
+		editors.Go(func() {
+			c := control.NewClient(sock)
+			defer c.Close()
+			ctx := context.Background()
 			rng := rand.New(rand.NewPCG(uint64(e), 1))
 			for time.Now().Before(deadline) {
-				i := 1 + rng.IntN(nBackends-1)
-				id := fmt.Sprintf("h%d", i)
+				i := rng.IntN(nHosts)
+				id := fmt.Sprint("h", i)
+				hostMu[i].Lock()
+				m := &model[i]
+				kind := 2 // h0 is only reweighted
+				if i > 0 {
+					kind = rng.IntN(3)
+				}
+				w := rng.IntN(10)
+				if i == 0 {
+					w = 1 + rng.IntN(9)
+				}
+				var u control.Upstream
 				var err error
-				switch rng.IntN(3) {
+				var want int // the status a refusal must have; 0 = it must succeed
+				var next hostModel
+				switch kind {
 				case 0:
-					err = s.AddHost("u", "p", control.HostSpec{Address: backs[i].Addr(), ID: id, Weight: 1 + rng.IntN(5)})
+					u, err = c.AddHost(ctx, "u", "p", control.HostSpec{ID: id, Address: backs[i].Addr(), Weight: w})
+					want, next = http.StatusConflict, hostModel{true, w}
+					nAdd.Add(1)
 				case 1:
-					err = s.RemoveHost("u", "p", id)
+					u, err = c.RemoveHost(ctx, "u", "p", id)
+					want, next = http.StatusNotFound, hostModel{}
+					nRemove.Add(1)
 				case 2:
-					w := rng.IntN(10)
-					err = s.PatchHost("u", "p", id, control.HostPatch{Weight: &w})
+					u, err = c.PatchHost(ctx, "u", "p", id, control.HostPatch{Weight: &w})
+					want, next = http.StatusNotFound, hostModel{true, w}
+					nPatch.Add(1)
 				}
-				if err != nil && !errors.Is(err, control.ErrNotFound) && !errors.Is(err, control.ErrConflict) {
-					t.Errorf("edit: %v", err)
+				if kind == 0 && !m.present || kind != 0 && m.present {
+					want = 0
 				}
-				editsDone.Add(1)
+				var se *control.StatusError
+				switch {
+				case want == 0 && err != nil:
+					fail("editor %d, op %d on %s (model %+v): %v", e, kind, id, *m, err)
+				case want != 0 && (!errors.As(err, &se) || se.Code != want):
+					fail("editor %d, op %d on %s (model %+v): got %v, want a %d", e, kind, id, *m, err, want)
+				case want != 0:
+					nRefused.Add(1)
+				default:
+					// The answer shows the upstream after the edit: this
+					// host as the model now has it.
+					*m = next
+					if kind == 1 {
+						removedAt[i].CompareAndSwap(0, time.Now().UnixNano())
+					}
+					got, ok := hostInView(u, id)
+					if ok != m.present || ok && (got.Weight != m.weight || got.Address != backs[i].Addr()) {
+						fail("editor %d, op %d on %s: the answer shows %+v (present %v), want %+v", e, kind, id, got, ok, *m)
+					}
+				}
+				hostMu[i].Unlock()
 				time.Sleep(50 * time.Millisecond) // about 20 edits/s each
 			}
-		}(e)
+		})
 	}
-	edits.Wait()
-	// The final state is what the last edits made: settle it explicitly.
-	for i := 1; i < nBackends; i++ {
-		s.RemoveHost("u", "p", fmt.Sprintf("h%d", i))
+	editors.Wait()
+	editsEnd := time.Now().UnixNano()
+
+	// Every stream does one more round trip after the last edit, so that
+	// each stream on a removed host is seen alive after its removal.
+	for wait := time.Now().Add(15 * time.Second); ; {
+		behind := 0
+		for _, st := range streams {
+			if st.lastOK.Load() <= editsEnd {
+				behind++
+			}
+		}
+		if behind == 0 || nFail.Load() > 0 {
+			break
+		}
+		if time.Now().After(wait) {
+			t.Fatalf("%d streams made no round trip in the 15s after the last edit", behind)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	s.AddHost("u", "p", control.HostSpec{Address: backs[1].Addr(), ID: "final", Weight: 7})
+	close(newConns)
+	newLoad.Wait()
+
+	// The final state is the model: in the API's view over the socket, in
+	// the live pool selection uses, and in what selection does.
+	want := map[string]int{} // id -> weight
+	total := 0
+	for i, m := range model {
+		if m.present {
+			want[fmt.Sprint("h", i)] = m.weight
+			total += m.weight
+		}
+	}
+	c := control.NewClient(sock)
+	defer c.Close()
+	view, err := c.Upstream(context.Background(), "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotView := map[string]int{}
+	for _, p := range view.Pools {
+		for _, h := range p.Hosts {
+			gotView[h.ID] = h.Weight
+		}
+	}
+	if !reflect.DeepEqual(gotView, want) {
+		t.Errorf("final state in the API view %v, want the last edits' %v", gotView, want)
+	}
+	gotLive := map[string]int{}
+	lu := s.LiveUpstream("u")
+	if lu == nil || len(lu.Pools()) != 1 {
+		t.Fatalf("live upstream u: %v", lu)
+	}
+	for _, h := range lu.Pools()[0].Hosts {
+		gotLive[h.ID] = h.Weight()
+		if i := hostOf(h.ID + "\n"); i < 0 || h.Address != backs[i].Addr() || h.State() != pool.StateUp {
+			t.Errorf("live host %s: address %s, state %v", h.ID, h.Address, h.State())
+		}
+	}
+	if !reflect.DeepEqual(gotLive, want) {
+		t.Errorf("final state in the live pool %v, want the last edits' %v", gotLive, want)
+	}
+	// One smooth-WRR cycle (total picks) gives each host exactly its weight.
+	picked := map[string]int{}
+	for n := range total {
+		tag, err := tagEcho(addr, fmt.Sprintf("cycle %d\n", n))
+		if err != nil {
+			t.Fatalf("new connection after the edits: %v", err)
+		}
+		picked[strings.TrimSpace(tag)]++
+	}
+	for id, w := range want {
+		if w == 0 {
+			delete(want, id)
+		}
+	}
+	if !reflect.DeepEqual(picked, want) {
+		t.Errorf("%d new connections after the edits reached %v, want the weights %v", total, picked, want)
+	}
+	// The saved edits give the same state on a restart.
+	restarted := map[string]int{}
+	for _, h := range hostsOf(newServer(t, path, toml), "u") {
+		restarted[h.ID] = h.Weight
+	}
+	if !reflect.DeepEqual(restarted, gotView) {
+		t.Errorf("after a restart from the saved edits %v, want %v", restarted, gotView)
+	}
+
 	close(stopLoad)
 	load.Wait()
-	hosts := hostsOf(s, "u")
-	if len(hosts) != 2 || hosts["p/final"].Weight != 7 || hosts["p/a"].Weight != 1 {
-		t.Errorf("final state %v", hosts)
+	var rounds int64
+	onRemoved, afterRemoval := 0, 0
+	for _, st := range streams {
+		rounds += st.rounds.Load()
+		if removedAt[st.host].Load() != 0 {
+			onRemoved++
+			if st.afterRemoval.Load() > 0 {
+				afterRemoval++
+			}
+		}
 	}
-	t.Logf("%v: %d edits, %d stream round trips, %d new connections; broken streams %d, failed new connections %d",
-		dur, editsDone.Load(), rounds.Load(), newOK.Load(), broken.Load(), failed.Load())
-	if broken.Load() != 0 || failed.Load() != 0 {
-		t.Fatalf("%d established connections broken, %d new connections failed", broken.Load(), failed.Load())
+	removed := 0
+	for i := range removedAt {
+		if removedAt[i].Load() != 0 {
+			removed++
+		}
 	}
+	t.Logf("%v: %d edits (%d add, %d remove, %d reweight; %d refused as expected), %d stream round trips, %d new connections; "+
+		"streams on removed hosts %d/%d, alive after the removal %d; broken streams or failed connections: %d",
+		dur, nAdd.Load()+nRemove.Load()+nPatch.Load(), nAdd.Load(), nRemove.Load(), nPatch.Load(), nRefused.Load(),
+		rounds, newOK.Load(), onRemoved, nStreams, afterRemoval, nFail.Load())
+	for _, f := range failures {
+		t.Error(f)
+	}
+	if n := nFail.Load(); n > int64(len(failures)) {
+		t.Errorf("... %d failures in all", n)
+	}
+	if removed != nHosts-1 {
+		t.Errorf("%d of the %d removable hosts were removed during the run: the test proves too little", removed, nHosts-1)
+	}
+	if afterRemoval != onRemoved || onRemoved < nStreams/2 {
+		t.Errorf("%d streams were on removed hosts, %d of them seen alive after the removal", onRemoved, afterRemoval)
+	}
+	if newFailed.Load() != 0 {
+		t.Errorf("%d new connections failed while h0 was up", newFailed.Load())
+	}
+}
+
+// hostInView finds host id in u.
+func hostInView(u control.Upstream, id string) (control.Host, bool) {
+	for _, p := range u.Pools {
+		for _, h := range p.Hosts {
+			if h.ID == id {
+				return h, true
+			}
+		}
+	}
+	return control.Host{}, false
+}
+
+// tagEcho opens a connection to a Tagger backend through addr: it returns
+// the tag line, after checking that msg comes back intact.
+func tagEcho(addr, msg string) (string, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	tag, err := r.ReadString('\n')
+	if err != nil {
+		return tag, fmt.Errorf("tag: %w", err)
+	}
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return tag, err
+	}
+	if got, err := r.ReadString('\n'); err != nil || got != msg {
+		return tag, fmt.Errorf("echo %q: %v", got, err)
+	}
+	return tag, nil
 }
 
 func echoLine(addr string) error {
@@ -434,4 +727,89 @@ func echoLine(addr string) error {
 		return fmt.Errorf("echo %q: %v", got, err)
 	}
 	return nil
+}
+
+// TestReloadRefusesControlChanges: the [control] section is set up once, at
+// start (the control server gets its socket, mode, group and allow_uids
+// then). A reload that changes any of it is refused, naming the keys, over
+// the real control socket (422) and changes nothing; the same settings
+// spelled differently (mode "600", allow_uids reordered) are no change.
+func TestReloadRefusesControlChanges(t *testing.T) {
+	a := testbackend.New(t, testbackend.Tagger("a"))
+	dir := t.TempDir()
+	path := filepath.Join(dir, "l4lb.toml")
+	const tmpl = `
+[control]
+socket = %q
+state_dir = %q
+%s
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "u"
+
+[upstream.u]
+[[upstream.u.pool]]
+name = "p"
+hosts = [ { address = %q, id = "a", weight = %d } ]
+`
+	sock, state := filepath.Join(dir, "ctl.sock"), filepath.Join(dir, "state")
+	file := func(control string, weight int) string {
+		return fmt.Sprintf(tmpl, sock, state, control, a.Addr(), weight)
+	}
+	const base = "mode = \"0600\"\nallow_uids = [1001, 1002]"
+	s := newServer(t, path, file(base, 1))
+	runServer(t, s)
+	_, c := startControl(t, s, control.ServerConfig{})
+	ctx := context.Background()
+	before := s.Upstreams()
+
+	for _, tc := range []struct {
+		name, control string
+		want          []string // keys the error must name
+	}{
+		{"uid added", "mode = \"0600\"\nallow_uids = [1001, 1002, 1003]", []string{"control.allow_uids"}},
+		{"uid taken out", "mode = \"0600\"\nallow_uids = [1001]", []string{"control.allow_uids"}},
+		{"uids dropped", "mode = \"0600\"", []string{"control.allow_uids"}},
+		{"mode", "mode = \"0660\"\nallow_uids = [1001, 1002]", []string{"control.mode"}},
+		{"group", "mode = \"0600\"\ngroup = \"0\"\nallow_uids = [1001, 1002]", []string{"control.group"}},
+		{"mode and uids", "mode = \"0666\"\nallow_uids = [0]", []string{"control.mode", "control.allow_uids"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The weight change shows that nothing of the file applied.
+			if err := os.WriteFile(path, []byte(file(tc.control, 5)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			err := c.Reload(ctx)
+			var se *control.StatusError
+			if !errors.As(err, &se) || se.Code != 422 {
+				t.Fatalf("reload: %v, want a 422", err)
+			}
+			for _, k := range tc.want {
+				if !strings.Contains(se.Message, k) {
+					t.Errorf("error %q does not name %s", se.Message, k)
+				}
+			}
+			if !strings.Contains(se.Message, "restart l4lb") {
+				t.Errorf("error %q does not say to restart", se.Message)
+			}
+			if after := s.Upstreams(); !reflect.DeepEqual(before, after) {
+				t.Errorf("a refused reload changed the upstreams:\n%v\n%v", before, after)
+			}
+		})
+	}
+	if n := s.ReloadFailures(); n != 6 {
+		t.Errorf("reload failures = %d, want 6", n)
+	}
+	// The same settings spelled otherwise are no change: the reload applies.
+	if err := os.WriteFile(path, []byte(file("mode = \"600\"\nallow_uids = [1002, 1001, 1001]", 5)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reload(ctx); err != nil {
+		t.Fatalf("reload with the same [control] spelled otherwise: %v", err)
+	}
+	if w := hostsOf(s, "u")["p/a"].Weight; w != 5 {
+		t.Errorf("weight after the good reload = %d, want 5", w)
+	}
 }

@@ -44,11 +44,12 @@ const (
 
 // applyOp changes sp (a copy) as o says, validating as it goes. It is the
 // one implementation of every edit: live requests and journal replay both
-// come through here.
-func (s *Server) applyOp(sp specs, o op) error {
+// come through here. The addresses o names were resolved before (r, from
+// resolveOps): applyOp runs under s.mu and does no DNS.
+func (s *Server) applyOp(sp specs, o op, r resolved) error {
 	switch o.Op {
 	case opPutUpstream:
-		u, err := s.upstreamFromView(o.Upstream, *o.Body, sp[o.Upstream])
+		u, err := upstreamFromView(o.Upstream, *o.Body, sp[o.Upstream], r)
 		if err != nil {
 			return err
 		}
@@ -108,7 +109,7 @@ func (s *Server) applyOp(sp specs, o op) error {
 		return errConsulPool(p)
 	}
 	if o.Op == opAddHost {
-		h, err := hostSpecFrom(*o.HostSpec, control.SourceAPI, s.resolve)
+		h, err := hostSpecFrom(*o.HostSpec, control.SourceAPI, r.lookup)
 		if err != nil {
 			return err
 		}
@@ -167,7 +168,7 @@ func checkMethod(field string, m pool.Method) error {
 
 // upstreamFromView builds a spec from a PUT body. An upstream that exists
 // keeps its file settings (health, max_fails, ...); a new one gets defaults.
-func (s *Server) upstreamFromView(name string, v control.Upstream, old *upSpec) (*upSpec, error) {
+func upstreamFromView(name string, v control.Upstream, old *upSpec, r resolved) (*upSpec, error) {
 	cfg := defaultUpstreamConfig(name)
 	if old != nil {
 		cfg = old.Cfg
@@ -206,7 +207,7 @@ func (s *Server) upstreamFromView(name string, v control.Upstream, old *upSpec) 
 			continue
 		}
 		for j, hv := range pv.Hosts {
-			h, err := hostSpecFrom(control.HostSpec{ID: hv.ID, Address: hv.Address, Weight: hv.Weight}, control.SourceAPI, s.resolve)
+			h, err := hostSpecFrom(control.HostSpec{ID: hv.ID, Address: hv.Address, Weight: hv.Weight}, control.SourceAPI, r.lookup)
 			if err != nil {
 				var fe *control.FieldError
 				if errors.As(err, &fe) {

@@ -38,6 +38,10 @@ type Server struct {
 	disc    *discovery.Discovery // built always (cheap); follows what the specs ask for
 	fleet   *fleet.Store         // the shared journal (store = "consul"); nil = the local file
 
+	// resolveHost resolves a host's "name:port": config.ResolveHost, or in
+	// tests a slow one, set before Run. Called without s.mu (resolve.go).
+	resolveHost func(ctx context.Context, addr string) (network, dial string, err error)
+
 	reloadMu       sync.Mutex // one reload at a time
 	reloadFailures atomic.Uint64
 	reloads        atomic.Uint64 // successful ones
@@ -124,7 +128,7 @@ func New(path string, cfg *config.Config, log zerolog.Logger) (*Server, error) {
 	s := &Server{
 		log: log, path: path, feed: events.New(1000), cfg: cfg,
 		live: map[string]*liveUpstream{}, drains: map[*pool.Host]*drain{}, drainKick: make(chan struct{}, 1),
-		found: map[string][]*hostSpec{},
+		found: map[string][]*hostSpec{}, resolveHost: config.ResolveHost,
 	}
 	s.checker = health.NewChecker(sink{s})
 	s.passive = health.NewPassive(sink{s})
@@ -146,9 +150,10 @@ func New(path string, cfg *config.Config, log zerolog.Logger) (*Server, error) {
 	if jf != nil {
 		journal = jf.Ops
 	}
+	r := s.resolveOps(journal)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	next, kept := s.replay(specsFromConfig(cfg), journal)
+	next, kept := s.replay(specsFromConfig(cfg), journal, r)
 	if s.fleet != nil {
 		// The copy is served until the fleet store answers (Run waits up
 		// to startup_timeout for that); it is kept whole.

@@ -180,10 +180,18 @@ func (s *Server) adopt(v fleet.Value) {
 		return
 	}
 	same := sameOps(ops, s.journal)
+	s.mu.Unlock()
+	// A new journal's names are resolved before s.mu is taken again; what
+	// was read above changes only under editMu, held here.
+	var r resolved
+	if !same {
+		r = s.resolveOps(ops)
+	}
+	s.mu.Lock()
 	moved := !s.fleetRead || v.Index != s.fleetIndex
 	s.fleetIndex, s.fleetRead, s.fleetErr, s.fleetSource = v.Index, true, "", sourceConsul
 	if !same {
-		next, kept := s.replay(specsFromConfig(s.cfg), ops)
+		next, kept := s.replay(specsFromConfig(s.cfg), ops, r)
 		s.journal = ops
 		s.apply(next)
 		s.log.Info().Str("key", s.fleet.Key()).Uint64("index", v.Index).Int(logkey.Count, len(ops)).
