@@ -110,7 +110,11 @@ func (s *Server) putUpstream(q *request) (int, any, error) {
 	for i := range u.Pools {
 		for j := range u.Pools[i].Hosts {
 			h := &u.Pools[i].Hosts[j]
-			h.Source, h.State = "", 0 // read-only: ignored on PUT
+			// State is read-only: ignored on PUT. Source is read-only
+			// too, but passed on: the server marks every host it takes
+			// as an API host, and needs "consul" to leave out a Consul
+			// pool's discovered hosts when a GET's body is put back.
+			h.State = 0
 		}
 	}
 	if err := u.Validate(); err != nil {

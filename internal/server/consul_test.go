@@ -186,6 +186,17 @@ func TestConsulPoolFollows(t *testing.T) {
 	if _, err := r.s.PutUpstream(up); err != nil {
 		t.Errorf("putting back what GET returned: %v", err)
 	}
+	// The same through the control socket, as `curl -X PUT` of a GET's
+	// body does: the hosts' read-only source must reach the server, which
+	// ignores the Consul pool's discovered hosts rather than refusing them.
+	_, cc := startControl(t, r.s, control.ServerConfig{})
+	got, err := cc.Upstream(t.Context(), "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cc.PutUpstream(t.Context(), got); err != nil {
+		t.Errorf("PUT through the socket of what GET returned: %v", err)
+	}
 	waitHosts(t, r.s, "main", time.Second, sortIDs(bb.Addr(), bc.Addr())...)
 	if err := r.s.PatchPool("u", "main", control.PoolPatch{Priority: ptr(5)}); err != nil {
 		t.Errorf("PatchPool: %v", err)
