@@ -319,31 +319,95 @@ func saveJournalFile(path string, j journalFile) error {
 }
 
 // compact drops ops that a later op makes irrelevant, so the journal does
-// not grow with every weight change: an earlier set of the same host's
-// weight or state, an earlier patch of the same pool, and everything before
-// a whole-upstream put or delete of that upstream.
+// not grow with every edit an automation makes over the years:
+//   - an earlier set of the same host's weight or state, an earlier patch
+//     of the same pool (one that the later patch covers);
+//   - everything before a whole-upstream put or delete of that upstream;
+//   - a host's weight and state ops before its removal, and the removal
+//     itself with the add it undoes (a host added through the API and
+//     removed again leaves nothing behind; a config host's removal stays);
+//   - a pool added through the API and deleted again, with every op on it;
+//   - the ops on a config pool before its deletion, but for host removals:
+//     host ids are unique in an upstream, so a removal may have freed an id
+//     that a later add in another pool took.
+//
+// A put or delete of the whole upstream is a barrier: what came before it
+// is another life of the upstream. Replaying the compacted journal over the
+// same config gives the same state as replaying the whole one
+// (TestCompactReplaysTheSame).
 func compact(ops []op) []op {
 	keep := make([]bool, len(ops))
 	for i := range ops {
 		keep[i] = true
+	}
+	// earlier visits the kept ops before j of j's upstream, latest first,
+	// up to a barrier, until f says stop.
+	earlier := func(j int, f func(i int, a op) (stop bool)) {
+		b := ops[j]
+		whole := b.Op == opPutUpstream || b.Op == opDeleteUpstream
+		for i := j - 1; i >= 0; i-- {
+			a := ops[i]
+			if !keep[i] || a.Upstream != b.Upstream {
+				continue
+			}
+			if !whole && (a.Op == opPutUpstream || a.Op == opDeleteUpstream) {
+				return
+			}
+			if f(i, a) {
+				return
+			}
+		}
 	}
 	for j := len(ops) - 1; j >= 0; j-- {
 		if !keep[j] {
 			continue
 		}
 		b := ops[j]
-		for i := j - 1; i >= 0; i-- {
-			a := ops[i]
-			if !keep[i] || a.Upstream != b.Upstream {
-				continue
+		switch b.Op {
+		case opPutUpstream, opDeleteUpstream:
+			earlier(j, func(i int, _ op) bool { keep[i] = false; return false })
+		case opRemoveHost:
+			earlier(j, func(i int, a op) bool {
+				switch {
+				case (a.Op == opAddPool || a.Op == opDeletePool) && opPool(a) == b.Pool:
+					return true // the pool's earlier life
+				case a.Pool != b.Pool || opHost(a) != b.Host:
+				case a.Op == opPatchHost || a.Op == opHostAction:
+					keep[i] = false
+				case a.Op == opAddHost: // the removal undoes this add
+					keep[i], keep[j] = false, false
+					return true
+				}
+				return false
+			})
+		case opDeletePool:
+			added := -1
+			earlier(j, func(i int, a op) bool {
+				if a.Op == opAddPool && opPool(a) == b.Pool {
+					added = i
+					return true
+				}
+				return false
+			})
+			earlier(j, func(i int, a op) bool {
+				if i < added || opPool(a) != b.Pool {
+					return i < added
+				}
+				if added >= 0 || a.Op != opRemoveHost {
+					keep[i] = false
+				}
+				return false
+			})
+			if added >= 0 {
+				keep[j] = false
 			}
-			switch {
-			case b.Op == opPutUpstream || b.Op == opDeleteUpstream:
-				keep[i] = false
-			case a.Op == b.Op && a.Pool == b.Pool && a.Host == b.Host &&
-				(b.Op == opPatchHost || b.Op == opHostAction || b.Op == opPatchPool && samePatch(a, b)):
-				keep[i] = false
-			}
+		case opPatchHost, opHostAction, opPatchPool:
+			earlier(j, func(i int, a op) bool {
+				if a.Op == b.Op && a.Pool == b.Pool && a.Host == b.Host && (b.Op != opPatchPool || samePatch(a, b)) {
+					keep[i] = false
+				}
+				return false
+			})
 		}
 	}
 	out := ops[:0:0]
@@ -353,6 +417,26 @@ func compact(ops []op) []op {
 		}
 	}
 	return out
+}
+
+// opHost is the id of the host o is about: for an add, the id it gives the
+// host (its address when it names none).
+func opHost(o op) string {
+	if o.Op == opAddHost && o.HostSpec != nil {
+		if o.HostSpec.ID != "" {
+			return o.HostSpec.ID
+		}
+		return o.HostSpec.Address
+	}
+	return o.Host
+}
+
+// opPool is the name of the pool o is about.
+func opPool(o op) string {
+	if o.Op == opAddPool && o.PoolSpec != nil {
+		return o.PoolSpec.Name
+	}
+	return o.Pool
 }
 
 // samePatch: a later pool patch replaces an earlier one only if it sets
