@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -346,6 +347,63 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 	}
 	if s := strings.TrimSpace(string(out)); s != "" {
 		t.Fatalf("systemd-analyze verify complained:\n%s", s)
+	}
+}
+
+// TestUnitWritablePaths: under the unit's ProtectSystem=strict only the
+// directories systemd makes for the service are writable. Every path the
+// example config and the docs suggest l4lb writes (control socket, state
+// dir, access log) must sit in one of them, or l4lb fails at start.
+func TestUnitWritablePaths(t *testing.T) {
+	unit, err := os.ReadFile("../../dist/systemd/l4lb.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(unit), "\nProtectSystem=strict\n") {
+		t.Fatal("the unit no longer says ProtectSystem=strict: revisit this test")
+	}
+	// systemd.exec(5): each *Directory= names a directory under its root.
+	roots := map[string]string{"RuntimeDirectory": "/run", "StateDirectory": "/var/lib",
+		"LogsDirectory": "/var/log", "CacheDirectory": "/var/cache"}
+	var writable []string
+	for _, line := range strings.Split(string(unit), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok {
+			continue
+		}
+		if root, ok := roots[k]; ok {
+			for _, d := range strings.Fields(v) {
+				writable = append(writable, root+"/"+d)
+			}
+		}
+		if k == "ReadWritePaths" {
+			writable = append(writable, strings.Fields(v)...)
+		}
+	}
+	example, err := os.ReadFile("../../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsDoc, err := os.ReadFile("../../docs/METRICS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := func(text []byte, key string) string {
+		m := regexp.MustCompile(`(?m)^[# ]*` + key + ` = "([^"]+)"`).FindSubmatch(text)
+		if m == nil {
+			t.Fatalf("no %s = \"...\" in the example", key)
+		}
+		return string(m[1])
+	}
+	for _, p := range []struct{ what, path string }{
+		{"[control] socket (config.example.toml)", value(example, "socket")},
+		{"[control] state_dir (config.example.toml)", value(example, "state_dir") + "/edits.json"},
+		{"[log] access (config.example.toml)", value(example, "access")},
+		{"[log] access (docs/METRICS.md)", value(metricsDoc, "access")},
+	} {
+		if !slices.ContainsFunc(writable, func(d string) bool { return strings.HasPrefix(p.path, d+"/") }) {
+			t.Errorf("%s = %s: not under any writable directory of the unit %v", p.what, p.path, writable)
+		}
 	}
 }
 
