@@ -1,6 +1,7 @@
 package metrics_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -397,5 +398,53 @@ consul = { service = "app" }
 	}
 	if _, ok := f.value("l4lb_discovery_age_seconds", lv...); !ok {
 		t.Error("no l4lb_discovery_age_seconds")
+	}
+}
+
+// TestScrapeHostFull: a host at its max_connections shows its limit, and
+// reaching it counts once on the listener.
+func TestScrapeHostFull(t *testing.T) {
+	a := testbackend.New(t, testbackend.Tagger("a"))
+	b := testbackend.New(t, testbackend.Tagger("b"))
+	srv := runServer(t, fmt.Sprintf(`
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "app"
+
+[upstream.app]
+[[upstream.app.pool]]
+name = "p"
+hosts = [{ address = %q, id = "a", max_connections = 1 }, { address = %q, id = "b" }]
+`, a.Addr(), b.Addr()))
+	addr := srv.Listeners()[0].Addr().String()
+	maddr := startMetrics(t, srv)
+	// Connections stay open until the test ends: a fills at its first.
+	var tags []string
+	for i := 0; i < 4; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		tags = append(tags, strings.TrimSpace(line))
+	}
+	if strings.Count(strings.Join(tags, ""), "a") != 1 {
+		t.Fatalf("tags %v: want a exactly once (max_connections = 1)", tags)
+	}
+	f := scrape(t, maddr)
+	if v, ok := f.value("l4lb_listener_host_full_total", "listener=front"); !ok || v != 1 {
+		t.Errorf("l4lb_listener_host_full_total = %v, %v; want 1", v, ok)
+	}
+	if v, ok := f.value("l4lb_host_max_connections", "upstream=app", "pool=p", "host=a"); !ok || v != 1 {
+		t.Errorf("l4lb_host_max_connections{a} = %v, %v; want 1", v, ok)
+	}
+	if _, ok := f.value("l4lb_host_max_connections", "host=b"); ok {
+		t.Error("l4lb_host_max_connections for b, which has no limit")
 	}
 }

@@ -126,13 +126,14 @@ func TestClientLimit(t *testing.T) {
 	}
 }
 
-// TestHostLimit: a host at its max_connections is skipped like a down one.
+// TestHostLimit: a host at its max_connections is skipped like a down one;
+// reaching the limit is counted and logged, once per full spell.
 func TestHostLimit(t *testing.T) {
 	a := testbackend.New(t, testbackend.Tagger("a"))
 	b := testbackend.New(t, testbackend.Tagger("b"))
 	u := upstream(t, []string{a.Addr(), b.Addr()})
 	u.Pools()[0].Hosts[0].SetMaxConns(1)
-	r := start(t, defaults(u))
+	r, logs := startLogged(t, defaults(u))
 	// The first connection takes a's only slot: wait until a greets it, so
 	// the proxy has picked a before the next connection is made.
 	held := dialFrom(t, "127.0.0.1", r.addr)
@@ -145,6 +146,47 @@ func TestHostLimit(t *testing.T) {
 			t.Fatalf("connection %d reached %q while a is full", i, got)
 		}
 	}
+	if st := r.l.Stats(); st.HostFull != 1 {
+		t.Errorf("host-full count %d, want 1 (a filled once)", st.HostFull)
+	}
+	lines := logs.lines("host full: skipped until a connection to it closes")
+	if len(lines) != 1 || lines[0]["host"] != a.Addr() || lines[0]["pool"] != "p0" || lines[0]["level"] != "warn" ||
+		!strings.Contains(fmt.Sprint(lines[0]["reason"]), "1 connections open") {
+		t.Errorf("host-full log lines: %v", lines)
+	}
+	// a frees up, fills again: counted again, and the log line of the
+	// second spell, within the same second, is left out and counted.
+	firstLine := time.Now()
+	held.Close()
+	waitFor(t, func() bool { return u.Pools()[0].Hosts[0].Stats().Active == 0 })
+	// Round robin: a's turn may come after b's.
+	for i := 0; ; i++ {
+		c := dialFrom(t, "127.0.0.1", r.addr)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if tagOf(t, c) == "a" {
+			break
+		}
+		if i == 3 {
+			t.Fatal("a never picked again after its connection closed")
+		}
+	}
+	if st := r.l.Stats(); st.HostFull != 2 {
+		t.Errorf("host-full count %d after a second spell, want 2", st.HostFull)
+	}
+	n := len(logs.lines("host full: skipped until a connection to it closes"))
+	if n != 1 && time.Since(firstLine) < 900*time.Millisecond {
+		t.Errorf("%d host-full lines within a second, want 1 (rate-limited)", n)
+	}
+}
+
+// tagOf reads the tag line a Tagger backend greets c with.
+func tagOf(t *testing.T, c net.Conn) string {
+	t.Helper()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading tag: %v", err)
+	}
+	return strings.TrimSpace(line)
 }
 
 // logCapture is a zerolog writer the tests can search.
