@@ -65,14 +65,15 @@ fuzz:
 # /usr/local/lib/systemd/system, which systemd searches for local units;
 # the .deb (PREFIX=/usr) uses Debian's /lib/systemd/system. The unit's
 # /usr/local paths are rewritten to PREFIX. An existing l4lb.toml is never
-# overwritten: the example is always refreshed beside it.
+# overwritten: the example is always refreshed beside it. Every docs/*.md is
+# installed, flat, beside README.md, whose docs/ links are rewritten to match.
 PREFIX    ?= /usr/local
 DESTDIR   ?=
 BINDIR    ?= $(PREFIX)/bin
 UNITDIR   ?= $(PREFIX)/lib/systemd/system
 DOCDIR    ?= $(PREFIX)/share/doc/l4lb
 CONFDIR   ?= /etc/l4lb
-DOCS      := README.md docs/OPERATING.md docs/CONTROL.md docs/BEHAVIOUR.md docs/HEALTH.md docs/PERFORMANCE.md
+DOCS      := $(sort $(wildcard docs/*.md))
 
 install: build
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(CONFDIR)
@@ -82,6 +83,8 @@ install: build
 	install -m 0644 config.example.toml $(DESTDIR)$(CONFDIR)/l4lb.toml.example
 	test -e $(DESTDIR)$(CONFDIR)/l4lb.toml || install -m 0644 config.example.toml $(DESTDIR)$(CONFDIR)/l4lb.toml
 	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	sed 's|](docs/)|](.)|g; s|](docs/\([^)]\)|](\1|g' README.md > $(DESTDIR)$(DOCDIR)/README.md
+	chmod 0644 $(DESTDIR)$(DOCDIR)/README.md
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; \
 	  echo "installed; edit $(CONFDIR)/l4lb.toml, then: systemctl enable --now l4lb"; fi
 

@@ -740,6 +740,7 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("%s: mode %v, want %v", f.path, fi.Mode().Perm(), f.mode)
 		}
 	}
+	checkInstalledDocs(t, filepath.Join(dest, "/usr/local/share/doc/l4lb"))
 	out, err := exec.Command(filepath.Join(dest, "/usr/local/bin/l4lb"), "check", "-c", filepath.Join(dest, "/etc/l4lb/l4lb.toml")).CombinedOutput()
 	if err != nil {
 		t.Errorf("installed binary on the installed config: %v\n%s", err, out)
@@ -751,5 +752,45 @@ func TestMakeInstall(t *testing.T) {
 	install()
 	if b, _ := os.ReadFile(conf); string(b) != "# mine\n" {
 		t.Errorf("a second make install overwrote l4lb.toml")
+	}
+}
+
+// checkInstalledDocs: every docs/*.md of the tree, and every document
+// README.md links to, is in docdir; and every relative link of an installed
+// document resolves there (README's docs/ links are rewritten).
+func checkInstalledDocs(t *testing.T, docdir string) {
+	t.Helper()
+	want, err := filepath.Glob("../../docs/*.md")
+	if err != nil || len(want) == 0 {
+		t.Fatalf("no docs/*.md: %v", err)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := regexp.MustCompile(`\]\(([^)#:]+)(#[^)]*)?\)`)
+	for _, m := range link.FindAllStringSubmatch(string(readme), -1) {
+		if strings.HasSuffix(m[1], ".md") {
+			want = append(want, m[1])
+		}
+	}
+	for _, f := range want {
+		if fi, err := os.Stat(filepath.Join(docdir, filepath.Base(f))); err != nil {
+			t.Errorf("%s is not installed: %v", f, err)
+		} else if fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s: mode %v", f, fi.Mode().Perm())
+		}
+	}
+	installed, _ := filepath.Glob(filepath.Join(docdir, "*.md"))
+	for _, f := range installed {
+		text, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range link.FindAllStringSubmatch(string(text), -1) {
+			if _, err := os.Stat(filepath.Join(docdir, m[1])); err != nil {
+				t.Errorf("installed %s links to %s, which is not there", filepath.Base(f), m[1])
+			}
+		}
 	}
 }
