@@ -80,6 +80,8 @@ install: build
 	install -m 0755 bin/l4lb $(DESTDIR)$(BINDIR)/l4lb
 	sed 's|/usr/local/bin/|$(BINDIR)/|; s|/usr/local/share/doc/l4lb/|$(DOCDIR)/|' dist/systemd/l4lb.service > $(DESTDIR)$(UNITDIR)/l4lb.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/l4lb.service
+	sed 's|/usr/local/share/doc/l4lb/|$(DOCDIR)/|' dist/systemd/l4lb.socket > $(DESTDIR)$(UNITDIR)/l4lb.socket
+	chmod 0644 $(DESTDIR)$(UNITDIR)/l4lb.socket
 	install -m 0644 config.example.toml $(DESTDIR)$(CONFDIR)/l4lb.toml.example
 	test -e $(DESTDIR)$(CONFDIR)/l4lb.toml || install -m 0644 config.example.toml $(DESTDIR)$(CONFDIR)/l4lb.toml
 	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
@@ -90,7 +92,7 @@ install: build
 
 # Leaves $(CONFDIR) (the admin's config) and /var/lib/l4lb (live edits).
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/l4lb $(DESTDIR)$(UNITDIR)/l4lb.service $(DESTDIR)$(CONFDIR)/l4lb.toml.example
+	rm -f $(DESTDIR)$(BINDIR)/l4lb $(DESTDIR)$(UNITDIR)/l4lb.service $(DESTDIR)$(UNITDIR)/l4lb.socket $(DESTDIR)$(CONFDIR)/l4lb.toml.example
 	rm -rf $(DESTDIR)$(DOCDIR)
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
