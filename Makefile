@@ -65,29 +65,34 @@ fuzz:
 # /usr/local/lib/systemd/system, which systemd searches for local units;
 # the .deb (PREFIX=/usr) uses Debian's /lib/systemd/system. The unit's
 # /usr/local paths are rewritten to PREFIX. An existing l4lb.toml is never
-# overwritten: the example is always refreshed beside it.
+# overwritten: the example is always refreshed beside it. Every docs/*.md is
+# installed, flat, beside README.md, whose docs/ links are rewritten to match.
 PREFIX    ?= /usr/local
 DESTDIR   ?=
 BINDIR    ?= $(PREFIX)/bin
 UNITDIR   ?= $(PREFIX)/lib/systemd/system
 DOCDIR    ?= $(PREFIX)/share/doc/l4lb
 CONFDIR   ?= /etc/l4lb
-DOCS      := README.md docs/OPERATING.md docs/CONTROL.md docs/BEHAVIOUR.md docs/HEALTH.md docs/PERFORMANCE.md
+DOCS      := $(sort $(wildcard docs/*.md))
 
 install: build
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(CONFDIR)
 	install -m 0755 bin/l4lb $(DESTDIR)$(BINDIR)/l4lb
 	sed 's|/usr/local/bin/|$(BINDIR)/|; s|/usr/local/share/doc/l4lb/|$(DOCDIR)/|' dist/systemd/l4lb.service > $(DESTDIR)$(UNITDIR)/l4lb.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/l4lb.service
+	sed 's|/usr/local/share/doc/l4lb/|$(DOCDIR)/|' dist/systemd/l4lb.socket > $(DESTDIR)$(UNITDIR)/l4lb.socket
+	chmod 0644 $(DESTDIR)$(UNITDIR)/l4lb.socket
 	install -m 0644 config.example.toml $(DESTDIR)$(CONFDIR)/l4lb.toml.example
 	test -e $(DESTDIR)$(CONFDIR)/l4lb.toml || install -m 0644 config.example.toml $(DESTDIR)$(CONFDIR)/l4lb.toml
 	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	sed 's|](docs/)|](.)|g; s|](docs/\([^)]\)|](\1|g' README.md > $(DESTDIR)$(DOCDIR)/README.md
+	chmod 0644 $(DESTDIR)$(DOCDIR)/README.md
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; \
 	  echo "installed; edit $(CONFDIR)/l4lb.toml, then: systemctl enable --now l4lb"; fi
 
 # Leaves $(CONFDIR) (the admin's config) and /var/lib/l4lb (live edits).
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/l4lb $(DESTDIR)$(UNITDIR)/l4lb.service $(DESTDIR)$(CONFDIR)/l4lb.toml.example
+	rm -f $(DESTDIR)$(BINDIR)/l4lb $(DESTDIR)$(UNITDIR)/l4lb.service $(DESTDIR)$(UNITDIR)/l4lb.socket $(DESTDIR)$(CONFDIR)/l4lb.toml.example
 	rm -rf $(DESTDIR)$(DOCDIR)
 	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 

@@ -439,3 +439,92 @@ func TestControlEveryRoute(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolMethodOverride: a pool's method, in the file or set live with
+// PATCH, is the one its connections follow, whatever the upstream's says.
+// "sticky" is an upstream round_robin whose pool says hash: one client IP
+// keeps one host while several spread. "rotating" is an upstream hash whose
+// pool says round_robin: one client IP goes round the hosts.
+func TestPoolMethodOverride(t *testing.T) {
+	var hosts strings.Builder
+	for _, name := range []string{"a", "b", "c"} {
+		b := testbackend.New(t, testbackend.Tagger(name))
+		fmt.Fprintf(&hosts, "{ address = %q, id = %q }, ", b.Addr(), name)
+	}
+	sock := filepath.Join(t.TempDir(), "control.sock")
+	p := startL4lb(t, fmt.Sprintf(`[log]
+format = "json"
+
+[control]
+socket = %q
+
+[[listener]]
+name = "sticky"
+listen = "127.0.0.1:0"
+upstream = "sticky"
+
+[[listener]]
+name = "rotating"
+listen = "127.0.0.1:0"
+upstream = "rotating"
+
+[upstream.sticky]
+method = "round_robin"
+[[upstream.sticky.pool]]
+name = "p"
+method = "hash"
+hosts = [ %[2]s ]
+
+[upstream.rotating]
+method = "hash"
+[[upstream.rotating.pool]]
+name = "p"
+method = "round_robin"
+hosts = [ %[2]s ]
+`, sock, hosts.String()))
+	tagFrom := func(listener, src string) string {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", p.Addrs[listener])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatalf("%s from %s: %v", listener, src, err)
+		}
+		return strings.TrimSpace(line)
+	}
+	counts := func(listener, src string, n int) map[string]int {
+		m := map[string]int{}
+		for i := 0; i < n; i++ {
+			m[tagFrom(listener, src)]++
+		}
+		return m
+	}
+	hashed := func(listener string) {
+		t.Helper()
+		if m := counts(listener, "127.0.0.1", 6); len(m) != 1 {
+			t.Errorf("%s: one client IP went to %v, want one host (hash)", listener, m)
+		}
+		spread := map[string]bool{}
+		for i := 1; i <= 20; i++ {
+			spread[tagFrom(listener, fmt.Sprintf("127.0.0.%d", i))] = true
+		}
+		if len(spread) < 2 {
+			t.Errorf("%s: 20 client IPs all on %v", listener, spread)
+		}
+	}
+
+	hashed("sticky")
+	if m := counts("rotating", "127.0.0.1", 6); m["a"] != 2 || m["b"] != 2 || m["c"] != 2 {
+		t.Errorf("rotating: one client IP went to %v, want each host twice (round robin)", m)
+	}
+	// Live: the rotating pool's method set to hash.
+	if code, body := curlUnix(t, sock, "PATCH", "/v1/upstreams/rotating/pools/p", `{"method":"hash"}`); code != 200 {
+		t.Fatalf("PATCH method: %d %s", code, body)
+	}
+	hashed("rotating")
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -104,11 +105,17 @@ type proc struct {
 // startProc runs `exe run -c cfg` with env added, in its own process group.
 func startProc(t *testing.T, exe, cfg string, env ...string) *proc {
 	t.Helper()
+	return startCmd(t, exec.Command(exe, "run", "-c", cfg), env...)
+}
+
+// startCmd is startProc for any command (with ExtraFiles, say).
+func startCmd(t *testing.T, cmd *exec.Cmd, env ...string) *proc {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: exec.Command(exe, "run", "-c", cfg), logc: make(chan map[string]any, 10000)}
+	p := &proc{cmd: cmd, logc: make(chan map[string]any, 10000)}
 	// A race-enabled binary sleeps 1s at exit unless told not to; the
 	// old process's lifetime is measured here.
 	p.cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
@@ -313,7 +320,7 @@ func TestSigtermAlwaysCleanStop(t *testing.T) {
 	}
 }
 
-// TestSystemdAnalyzeVerify checks the unit file with systemd's own linter.
+// TestSystemdAnalyzeVerify checks the unit files with systemd's own linter.
 func TestSystemdAnalyzeVerify(t *testing.T) {
 	bin, err := exec.LookPath("systemd-analyze")
 	if err != nil {
@@ -333,11 +340,20 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 	if !strings.Contains(string(text), "ExecStart="+exe+" ") {
 		t.Fatalf("%s: ExecStart does not run %s", unit, exe)
 	}
-	copy := filepath.Join(t.TempDir(), "l4lb.service")
+	dir := t.TempDir()
+	copy := filepath.Join(dir, "l4lb.service")
 	if err := os.WriteFile(copy, []byte(strings.ReplaceAll(string(text), "ExecStart="+exe, "ExecStart="+binPath)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(bin, "verify", "--man=no", copy).CombinedOutput()
+	// The example socket unit, beside the service it activates.
+	sock := filepath.Join(dir, "l4lb.socket")
+	if text, err = os.ReadFile("../../dist/systemd/l4lb.socket"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sock, text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "verify", "--man=no", copy, sock).CombinedOutput()
 	if err != nil {
 		if strings.Contains(string(out), "Failed to initialize manager") || strings.Contains(string(out), "Cannot determine cgroup") {
 			t.Skipf("systemd-analyze cannot run here: %s", out)
@@ -347,6 +363,234 @@ func TestSystemdAnalyzeVerify(t *testing.T) {
 	if s := strings.TrimSpace(string(out)); s != "" {
 		t.Fatalf("systemd-analyze verify complained:\n%s", s)
 	}
+}
+
+// TestUnitWritablePaths: under the unit's ProtectSystem=strict only the
+// directories systemd makes for the service are writable. Every path the
+// example config and the docs suggest l4lb writes (control socket, state
+// dir, access log) must sit in one of them, or l4lb fails at start.
+func TestUnitWritablePaths(t *testing.T) {
+	unit, err := os.ReadFile("../../dist/systemd/l4lb.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(unit), "\nProtectSystem=strict\n") {
+		t.Fatal("the unit no longer says ProtectSystem=strict: revisit this test")
+	}
+	// systemd.exec(5): each *Directory= names a directory under its root.
+	roots := map[string]string{"RuntimeDirectory": "/run", "StateDirectory": "/var/lib",
+		"LogsDirectory": "/var/log", "CacheDirectory": "/var/cache"}
+	var writable []string
+	for _, line := range strings.Split(string(unit), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok {
+			continue
+		}
+		if root, ok := roots[k]; ok {
+			for _, d := range strings.Fields(v) {
+				writable = append(writable, root+"/"+d)
+			}
+		}
+		if k == "ReadWritePaths" {
+			writable = append(writable, strings.Fields(v)...)
+		}
+	}
+	example, err := os.ReadFile("../../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsDoc, err := os.ReadFile("../../docs/METRICS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := func(text []byte, key string) string {
+		m := regexp.MustCompile(`(?m)^[# ]*` + key + ` = "([^"]+)"`).FindSubmatch(text)
+		if m == nil {
+			t.Fatalf("no %s = \"...\" in the example", key)
+		}
+		return string(m[1])
+	}
+	for _, p := range []struct{ what, path string }{
+		{"[control] socket (config.example.toml)", value(example, "socket")},
+		{"[control] state_dir (config.example.toml)", value(example, "state_dir") + "/edits.json"},
+		{"[log] access (config.example.toml)", value(example, "access")},
+		{"[log] access (docs/METRICS.md)", value(metricsDoc, "access")},
+	} {
+		if !slices.ContainsFunc(writable, func(d string) bool { return strings.HasPrefix(p.path, d+"/") }) {
+			t.Errorf("%s = %s: not under any writable directory of the unit %v", p.what, p.path, writable)
+		}
+	}
+}
+
+// TestSocketActivation passes listening sockets as systemd does for a
+// socket unit: fds 3 and on, LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (set
+// by a shell that then execs l4lb, so the pid is l4lb's). "front" (its
+// listen says port 0) takes the socket named "front"; "byaddr" the one bound
+// at its listen address; "dns" (udp) its named datagram socket; the fourth,
+// matching no listener, is reported. Connections are served on the
+// passed sockets, and an upgrade hands them on.
+func TestSocketActivation(t *testing.T) {
+	echo := testbackend.New(t, testbackend.Echo)
+	udpEcho, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udpEcho.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := udpEcho.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			udpEcho.WriteTo(buf[:n], from)
+		}
+	}()
+	var files []*os.File
+	var addrs []string
+	for _, network := range []string{"tcp", "tcp", "udp", "tcp"} {
+		var f *os.File
+		var addr string
+		if network == "udp" {
+			c, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr = c.LocalAddr().String()
+			f, err = c.(*net.UDPConn).File()
+			c.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr = ln.Addr().String()
+			f, err = ln.(*net.TCPListener).File()
+			ln.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		defer f.Close()
+		files, addrs = append(files, f), append(addrs, addr)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "l4lb.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`[log]
+format = "json"
+
+[control]
+socket = %q
+
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "u"
+
+[[listener]]
+name = "byaddr"
+listen = %q
+upstream = "u"
+
+[[listener]]
+name = "dns"
+listen = "127.0.0.1:0"
+protocol = "udp"
+upstream = "d"
+
+[upstream.u]
+[[upstream.u.pool]]
+name = "p"
+hosts = [ { address = %q } ]
+
+[upstream.d]
+[[upstream.d.pool]]
+name = "p"
+hosts = [ { address = %q } ]
+`, filepath.Join(dir, "control.sock"), addrs[1], echo.Addr(), udpEcho.LocalAddr().String())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, binPath, "run", "-c", cfg)
+	cmd.ExtraFiles = files // fds 3, 4, 5, 6
+	p := startCmd(t, cmd, "LISTEN_FDS=4", "LISTEN_FDNAMES=front:l4lb.socket:dns:spare")
+
+	listening := map[string]string{}
+	for len(listening) < 3 {
+		line := p.waitLog(t, "listening", 10*time.Second)
+		if line["inherited"] != true {
+			t.Errorf("listener %v bound its own socket: %v", line["listener"], line)
+		}
+		listening[fmt.Sprint(line["listener"])] = fmt.Sprint(line["address"])
+	}
+	for name, want := range map[string]string{"front": addrs[0], "byaddr": addrs[1], "dns": addrs[2]} {
+		if listening[name] != want {
+			t.Errorf("listener %s on %s, want the passed socket at %s", name, listening[name], want)
+		}
+	}
+	spare := p.waitLog(t, "socket from systemd not used by any listener", 10*time.Second)
+	if spare["name"] != "spare" || spare["fd"] != 6.0 || spare["address"] != "tcp "+addrs[3] {
+		t.Errorf("spare socket line: %v", spare)
+	}
+	p.waitLog(t, "l4lb ready", 10*time.Second)
+
+	check := func(when string) {
+		t.Helper()
+		for _, a := range addrs[:2] {
+			if err := echoThrough(a, "hello "+a); err != nil {
+				t.Errorf("%s: tcp through the passed socket %s: %v", when, a, err)
+			}
+		}
+		c, err := net.Dial("udp", addrs[2])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("ping"))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 16)
+		if n, err := c.Read(buf); err != nil || string(buf[:n]) != "ping" {
+			t.Errorf("%s: udp through the passed socket: %q, %v", when, buf[:n], err)
+		}
+	}
+	// The test's own copies closed, l4lb's are the only ones (as systemd's
+	// would be): connections are served by them.
+	for _, f := range files {
+		f.Close()
+	}
+	check("started")
+
+	// An upgrade hands the passed sockets on like any other; the new
+	// process does not take LISTEN_FDS as its own (they were unset).
+	syscall.Kill(p.cmd.Process.Pid, syscall.SIGUSR2)
+	p.waitLog(t, "upgrade: handed over; no new connections; draining", 30*time.Second)
+	check("upgraded")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := strings.Count(strings.Join(p.log, "\n"), "socket from systemd"); n != 1 {
+		t.Errorf("%d lines about sockets from systemd, want 1 (the new process has none)", n)
+	}
+}
+
+// echoThrough sends msg through addr to an echo backend and checks the answer.
+func echoThrough(addr, msg string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err == nil && string(got) != msg {
+		err = fmt.Errorf("got %q back", got)
+	}
+	return err
 }
 
 // upgradeLoad is the client side of TestUpgradeUnderLoad.
@@ -669,6 +913,7 @@ func TestMakeInstall(t *testing.T) {
 	}{
 		{"/usr/local/bin/l4lb", 0o755},
 		{"/usr/local/lib/systemd/system/l4lb.service", 0o644},
+		{"/usr/local/lib/systemd/system/l4lb.socket", 0o644},
 		{"/etc/l4lb/l4lb.toml", 0o644},
 		{"/etc/l4lb/l4lb.toml.example", 0o644},
 		{"/usr/local/share/doc/l4lb/OPERATING.md", 0o644},
@@ -682,6 +927,7 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("%s: mode %v, want %v", f.path, fi.Mode().Perm(), f.mode)
 		}
 	}
+	checkInstalledDocs(t, filepath.Join(dest, "/usr/local/share/doc/l4lb"))
 	out, err := exec.Command(filepath.Join(dest, "/usr/local/bin/l4lb"), "check", "-c", filepath.Join(dest, "/etc/l4lb/l4lb.toml")).CombinedOutput()
 	if err != nil {
 		t.Errorf("installed binary on the installed config: %v\n%s", err, out)
@@ -693,5 +939,45 @@ func TestMakeInstall(t *testing.T) {
 	install()
 	if b, _ := os.ReadFile(conf); string(b) != "# mine\n" {
 		t.Errorf("a second make install overwrote l4lb.toml")
+	}
+}
+
+// checkInstalledDocs: every docs/*.md of the tree, and every document
+// README.md links to, is in docdir; and every relative link of an installed
+// document resolves there (README's docs/ links are rewritten).
+func checkInstalledDocs(t *testing.T, docdir string) {
+	t.Helper()
+	want, err := filepath.Glob("../../docs/*.md")
+	if err != nil || len(want) == 0 {
+		t.Fatalf("no docs/*.md: %v", err)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := regexp.MustCompile(`\]\(([^)#:]+)(#[^)]*)?\)`)
+	for _, m := range link.FindAllStringSubmatch(string(readme), -1) {
+		if strings.HasSuffix(m[1], ".md") {
+			want = append(want, m[1])
+		}
+	}
+	for _, f := range want {
+		if fi, err := os.Stat(filepath.Join(docdir, filepath.Base(f))); err != nil {
+			t.Errorf("%s is not installed: %v", f, err)
+		} else if fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s: mode %v", f, fi.Mode().Perm())
+		}
+	}
+	installed, _ := filepath.Glob(filepath.Join(docdir, "*.md"))
+	for _, f := range installed {
+		text, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range link.FindAllStringSubmatch(string(text), -1) {
+			if _, err := os.Stat(filepath.Join(docdir, m[1])); err != nil {
+				t.Errorf("installed %s links to %s, which is not there", filepath.Base(f), m[1])
+			}
+		}
 	}
 }

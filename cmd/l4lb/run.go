@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/l4lb/l4lb/internal/activation"
 	"github.com/l4lb/l4lb/internal/config"
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/internal/sdnotify"
@@ -36,6 +37,15 @@ func newLogger(c config.Log, w io.Writer) zerolog.Logger {
 		lvl = zerolog.InfoLevel
 	}
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}
+
+// activationListeners names the listeners for package activation.
+func activationListeners(cfg *config.Config) []activation.Listener {
+	var out []activation.Listener
+	for _, l := range cfg.Listeners {
+		out = append(out, activation.Listener{Name: l.Name, Network: l.Network, Address: l.Address})
+	}
+	return out
 }
 
 func run(path string, stderr io.Writer) int {
@@ -75,12 +85,31 @@ func run(path string, stderr io.Writer) int {
 		return 1
 	}
 	srv.SetAccessLog(accLog)
-	if handover != nil {
+	// Sockets from systemd (a socket unit), unless an old l4lb hands its
+	// own over; FromEnv unsets the variables either way.
+	activated, err := activation.FromEnv(activationListeners(cfg))
+	if err != nil {
+		log.Error().Err(err).Msg("socket activation")
+		return 1
+	}
+	defer activated.Close() // nil-safe
+	switch {
+	case handover != nil:
 		srv.Inherit(handover)
+	case activated != nil:
+		srv.Inherit(activated)
 	}
 	if err := srv.Bind(); err != nil {
 		log.Error().Err(err).Msg("cannot listen")
 		return 1
+	}
+	for _, so := range activated.Unused() {
+		ev := log.Warn().Int("fd", so.FD).Str("name", so.Name)
+		if so.Network == "" {
+			ev.Str(logkey.Reason, so.Why).Msg("socket from systemd ignored: l4lb cannot serve on it")
+		} else {
+			ev.Str(logkey.Address, so.Network+" "+so.Address).Msg("socket from systemd not used by any listener")
+		}
 	}
 	if handover != nil {
 		// The old process lets its control socket go once we are bound.

@@ -66,6 +66,7 @@ var (
 	tcpAcceptErrs  = desc("l4lb_listener_accept_errors_total", "accept(2) failures (EMFILE and the like).", "listener")
 	tcpAttempts    = desc("l4lb_listener_connect_attempts_total", "Connect attempts to hosts (tries), successful or not.", "listener")
 	tcpConnectFail = desc("l4lb_listener_connect_failures_total", "Failed connect attempts to hosts.", "listener")
+	tcpHostFull    = desc("l4lb_listener_host_full_total", "Hosts reaching their max_connections on the listener's connections (then skipped like a down host until one closes).", "listener")
 
 	udpActive  = desc("l4lb_udp_sessions_active", "UDP sessions open now.", "listener")
 	udpCreated = desc("l4lb_udp_sessions_total", "UDP sessions opened.", "listener")
@@ -82,6 +83,7 @@ var (
 	hostState    = desc("l4lb_host_state", "1 for the host's current state, 0 for the others.", "upstream", "pool", "host", "state")
 	hostHealthy  = desc("l4lb_host_healthy", "1 when health checks and passive health say up, whatever an operator set.", "upstream", "pool", "host")
 	hostWeight   = desc("l4lb_host_weight", "The host's configured weight.", "upstream", "pool", "host")
+	hostMaxConns = desc("l4lb_host_max_connections", "The host's max_connections (absent when it has no limit).", "upstream", "pool", "host")
 	hostCheckDur = desc("l4lb_host_health_check_duration_seconds", "How long the last active health check of the host took.", "upstream", "pool", "host")
 
 	discIndex    = desc("l4lb_discovery_index", "Consul's index of the data a Consul pool uses.", "upstream", "pool", "watch")
@@ -96,9 +98,9 @@ var (
 
 var allDescs = []*prometheus.Desc{
 	listenerInfo,
-	tcpActive, tcpAccepted, tcpRejected, tcpNoBackend, tcpAcceptErrs, tcpAttempts, tcpConnectFail,
+	tcpActive, tcpAccepted, tcpRejected, tcpNoBackend, tcpAcceptErrs, tcpAttempts, tcpConnectFail, tcpHostFull,
 	udpActive, udpCreated, udpEnded, udpDropped, udpHostErr, udpDgrams, udpBytes,
-	hostActive, hostTotal, hostBytes, hostFails, hostState, hostHealthy, hostWeight, hostCheckDur,
+	hostActive, hostTotal, hostBytes, hostFails, hostState, hostHealthy, hostWeight, hostMaxConns, hostCheckDur,
 	discIndex, discAge, discHosts, discSource, discFailures,
 	reloads, reloadFailures,
 }
@@ -136,6 +138,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(tcpAcceptErrs, st.AcceptErrors, n)
 		counter(tcpAttempts, st.Connected+st.ConnectFails, n)
 		counter(tcpConnectFail, st.ConnectFails, n)
+		counter(tcpHostFull, st.HostFull, n)
 	}
 	for _, l := range c.src.UDPListeners() {
 		n := l.Name()
@@ -185,6 +188,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(hostHealthy, boolf(h.Healthy), lv...)
 		gauge(hostWeight, float64(h.Weight), lv...)
+		if h.MaxConns > 0 {
+			gauge(hostMaxConns, float64(h.MaxConns), lv...)
+		}
 		if h.CheckDuration > 0 {
 			gauge(hostCheckDur, h.CheckDuration.Seconds(), lv...)
 		}

@@ -1,12 +1,15 @@
 package metrics_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -397,5 +400,249 @@ consul = { service = "app" }
 	}
 	if _, ok := f.value("l4lb_discovery_age_seconds", lv...); !ok {
 		t.Error("no l4lb_discovery_age_seconds")
+	}
+}
+
+// udpEcho answers every datagram with the same bytes until the test ends.
+func udpEcho(t *testing.T) string {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			c.WriteTo(buf[:n], from)
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	return c.LocalAddr().String()
+}
+
+// runServerFile is runServer on a config file, so that Reload re-reads it.
+func runServerFile(t *testing.T, path, toml string) *server.Server {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(path, cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Bind(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server Run: %v", err)
+		}
+	})
+	return srv
+}
+
+// TestScrapeUDPAndReloads: known UDP traffic (a session that completes
+// after its responses, one left open, one client dropped by max_sessions)
+// and known reloads (two good, one bad) show up in the scrape exactly.
+func TestScrapeUDPAndReloads(t *testing.T) {
+	echo := udpEcho(t)
+	path := filepath.Join(t.TempDir(), "l4lb.toml")
+	toml := fmt.Sprintf(`
+[[listener]]
+name = "dns"
+listen = "127.0.0.1:0"
+protocol = "udp"
+upstream = "dns"
+responses = 2
+max_sessions = 1
+idle_timeout = "1m"
+
+[upstream.dns]
+[[upstream.dns.pool]]
+name = "p"
+hosts = [{ address = %q, id = "echo" }]
+`, echo)
+	srv := runServerFile(t, path, toml)
+	maddr := startMetrics(t, srv)
+	l := srv.UDPListeners()[0]
+	addr := l.Addr().String()
+
+	exchange := func(c net.Conn, payload string, answered bool) {
+		t.Helper()
+		if _, err := c.Write([]byte(payload)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1500)
+		wait := 5 * time.Second
+		if !answered {
+			wait = 300 * time.Millisecond
+		}
+		c.SetReadDeadline(time.Now().Add(wait))
+		n, err := c.Read(buf)
+		switch {
+		case answered && (err != nil || string(buf[:n]) != payload):
+			t.Fatalf("%q: got %q, %v", payload, buf[:n], err)
+		case !answered && err == nil:
+			t.Fatalf("%q: answered %q, want it dropped", payload, buf[:n])
+		}
+	}
+	dial := func() net.Conn {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// a: two datagrams, two answers, then the session completes
+	// (responses = 2) and frees the table's one slot.
+	a := dial()
+	exchange(a, "ping-1", true)
+	exchange(a, "ping-22", true)
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Stats().SessionsActive != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("a's session never completed: %+v", l.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// b: one datagram, its session stays open and fills the table; c is
+	// then dropped.
+	b := dial()
+	exchange(b, "ping-333", true)
+	exchange(dial(), "dropped", false)
+	up := float64(len("ping-1") + len("ping-22") + len("ping-333"))
+	// A reply is counted just after it is sent, a session's bytes on the
+	// host once its owner has taken it out: let both happen.
+	for st := l.Stats(); st.DatagramsDown != 3 || st.DroppedFull != 1 || hostBytes(srv, "echo") == 0; st = l.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("udp listener never settled: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	// Reloads: two good (the same file), one bad; the bad one keeps the
+	// running config and its sessions.
+	for i := 0; i < 2; i++ {
+		if err := srv.Reload(); err != nil {
+			t.Fatalf("reload %d: %v", i, err)
+		}
+	}
+	if err := os.WriteFile(path, []byte("[[listener]]\nname = 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Reload(); err == nil {
+		t.Fatal("a bad config reloaded")
+	}
+
+	f := scrape(t, maddr)
+	lv := []string{"listener=dns"}
+	host := []string{"upstream=dns", "pool=p", "host=echo"}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"l4lb_listener_info", append(lv, "protocol=udp", "upstream=dns", "address="+addr), 1},
+		{"l4lb_udp_sessions_total", lv, 2},
+		{"l4lb_udp_sessions_active", lv, 1},
+		{"l4lb_udp_sessions_ended_total", append(lv, "end=completed"), 1},
+		{"l4lb_udp_sessions_ended_total", append(lv, "end=expired"), 0},
+		{"l4lb_udp_sessions_ended_total", append(lv, "end=failed"), 0},
+		{"l4lb_udp_dropped_datagrams_total", append(lv, "reason=full"), 1},
+		{"l4lb_udp_dropped_datagrams_total", append(lv, "reason=no_host"), 0},
+		{"l4lb_udp_dropped_datagrams_total", append(lv, "reason=error"), 0},
+		{"l4lb_udp_host_errors_total", lv, 0},
+		{"l4lb_udp_datagrams_total", append(lv, "direction=up"), 3},
+		{"l4lb_udp_datagrams_total", append(lv, "direction=down"), 3},
+		{"l4lb_udp_bytes_total", append(lv, "direction=up"), up},
+		{"l4lb_udp_bytes_total", append(lv, "direction=down"), up},
+		{"l4lb_host_connections_total", host, 2},
+		{"l4lb_host_connections_active", host, 1},
+		// Added when a session ends: a's only.
+		{"l4lb_host_bytes_total", append(host, "direction=to_host"), float64(len("ping-1") + len("ping-22"))},
+		{"l4lb_host_bytes_total", append(host, "direction=from_host"), float64(len("ping-1") + len("ping-22"))},
+
+		{"l4lb_config_reloads_total", nil, 2},
+		{"l4lb_config_reload_failures_total", nil, 1},
+	} {
+		got, ok := f.value(c.name, c.labels...)
+		if !ok {
+			t.Errorf("%s%v: missing", c.name, c.labels)
+		} else if got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}
+
+// hostBytes is the bytes to the host with id, as status counts them.
+func hostBytes(srv *server.Server, id string) uint64 {
+	for _, h := range srv.Status().Hosts {
+		if h.ID == id {
+			return h.BytesToHost
+		}
+	}
+	return 0
+}
+
+// TestScrapeHostFull: a host at its max_connections shows its limit, and
+// reaching it counts once on the listener.
+func TestScrapeHostFull(t *testing.T) {
+	a := testbackend.New(t, testbackend.Tagger("a"))
+	b := testbackend.New(t, testbackend.Tagger("b"))
+	srv := runServer(t, fmt.Sprintf(`
+[[listener]]
+name = "front"
+listen = "127.0.0.1:0"
+upstream = "app"
+
+[upstream.app]
+[[upstream.app.pool]]
+name = "p"
+hosts = [{ address = %q, id = "a", max_connections = 1 }, { address = %q, id = "b" }]
+`, a.Addr(), b.Addr()))
+	addr := srv.Listeners()[0].Addr().String()
+	maddr := startMetrics(t, srv)
+	// Connections stay open until the test ends: a fills at its first.
+	var tags []string
+	for i := 0; i < 4; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		tags = append(tags, strings.TrimSpace(line))
+	}
+	if strings.Count(strings.Join(tags, ""), "a") != 1 {
+		t.Fatalf("tags %v: want a exactly once (max_connections = 1)", tags)
+	}
+	f := scrape(t, maddr)
+	if v, ok := f.value("l4lb_listener_host_full_total", "listener=front"); !ok || v != 1 {
+		t.Errorf("l4lb_listener_host_full_total = %v, %v; want 1", v, ok)
+	}
+	if v, ok := f.value("l4lb_host_max_connections", "upstream=app", "pool=p", "host=a"); !ok || v != 1 {
+		t.Errorf("l4lb_host_max_connections{a} = %v, %v; want 1", v, ok)
+	}
+	if _, ok := f.value("l4lb_host_max_connections", "host=b"); ok {
+		t.Error("l4lb_host_max_connections for b, which has no limit")
 	}
 }

@@ -117,6 +117,33 @@ func (l *Listener) reject(client net.Conn, kind int, cl *clientInfo, why string)
 	return false
 }
 
+// acquire takes a slot on h for a connection (Host.TryAcquire) and reports
+// whether it got one. Pick already skips a host at its max_connections, so
+// the limit is hit here: when this connection takes the host's last slot,
+// the host is full from now until a connection to it closes, and that is
+// counted and logged (at most once a second, with the number of lines left
+// out). false means a concurrent connection took the last slot between the
+// pick and now: the same full spell, counted by that connection; the caller
+// tries another host. Two connections taking the last two slots at once may
+// both count.
+func (l *Listener) acquire(s *Settings, p *pool.Pool, h *pool.Host) bool {
+	if !h.TryAcquire() {
+		return false
+	}
+	if max := h.MaxConns(); max > 0 && h.Full() {
+		l.hostFull.Add(1)
+		if l.hostFullLog.allow() {
+			ev := l.log.Warn().Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, p.Name).Str(logkey.Host, h.ID).
+				Str(logkey.Reason, fmt.Sprintf("host has %d connections open (its max_connections)", max))
+			if n := l.hostFullLog.takeSuppressed(); n > 0 {
+				ev = ev.Int64("suppressed", n)
+			}
+			ev.Msg("host full: skipped until a connection to it closes")
+		}
+	}
+	return true
+}
+
 func inAny(nets []netip.Prefix, ip netip.Addr) bool {
 	ip = ip.Unmap()
 	for _, n := range nets {

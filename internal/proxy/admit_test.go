@@ -115,8 +115,12 @@ func TestClientLimit(t *testing.T) {
 			t.Fatal("under the per-client limit, not served")
 		}
 	}
+	start := time.Now()
 	if served(t, dialFrom(t, "127.0.0.1", r.addr)) {
 		t.Fatal("third connection from one client served")
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("over-limit client closed after %v, want < 100ms", d)
 	}
 	if !served(t, dialFrom(t, "127.0.0.2", r.addr)) {
 		t.Fatal("another client was refused")
@@ -126,13 +130,14 @@ func TestClientLimit(t *testing.T) {
 	}
 }
 
-// TestHostLimit: a host at its max_connections is skipped like a down one.
+// TestHostLimit: a host at its max_connections is skipped like a down one;
+// reaching the limit is counted and logged, once per full spell.
 func TestHostLimit(t *testing.T) {
 	a := testbackend.New(t, testbackend.Tagger("a"))
 	b := testbackend.New(t, testbackend.Tagger("b"))
 	u := upstream(t, []string{a.Addr(), b.Addr()})
 	u.Pools()[0].Hosts[0].SetMaxConns(1)
-	r := start(t, defaults(u))
+	r, logs := startLogged(t, defaults(u))
 	// The first connection takes a's only slot: wait until a greets it, so
 	// the proxy has picked a before the next connection is made.
 	held := dialFrom(t, "127.0.0.1", r.addr)
@@ -145,6 +150,47 @@ func TestHostLimit(t *testing.T) {
 			t.Fatalf("connection %d reached %q while a is full", i, got)
 		}
 	}
+	if st := r.l.Stats(); st.HostFull != 1 {
+		t.Errorf("host-full count %d, want 1 (a filled once)", st.HostFull)
+	}
+	lines := logs.lines("host full: skipped until a connection to it closes")
+	if len(lines) != 1 || lines[0]["host"] != a.Addr() || lines[0]["pool"] != "p0" || lines[0]["level"] != "warn" ||
+		!strings.Contains(fmt.Sprint(lines[0]["reason"]), "1 connections open") {
+		t.Errorf("host-full log lines: %v", lines)
+	}
+	// a frees up, fills again: counted again, and the log line of the
+	// second spell, within the same second, is left out and counted.
+	firstLine := time.Now()
+	held.Close()
+	waitFor(t, func() bool { return u.Pools()[0].Hosts[0].Stats().Active == 0 })
+	// Round robin: a's turn may come after b's.
+	for i := 0; ; i++ {
+		c := dialFrom(t, "127.0.0.1", r.addr)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if tagOf(t, c) == "a" {
+			break
+		}
+		if i == 3 {
+			t.Fatal("a never picked again after its connection closed")
+		}
+	}
+	if st := r.l.Stats(); st.HostFull != 2 {
+		t.Errorf("host-full count %d after a second spell, want 2", st.HostFull)
+	}
+	n := len(logs.lines("host full: skipped until a connection to it closes"))
+	if n != 1 && time.Since(firstLine) < 900*time.Millisecond {
+		t.Errorf("%d host-full lines within a second, want 1 (rate-limited)", n)
+	}
+}
+
+// tagOf reads the tag line a Tagger backend greets c with.
+func tagOf(t *testing.T, c net.Conn) string {
+	t.Helper()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading tag: %v", err)
+	}
+	return strings.TrimSpace(line)
 }
 
 // logCapture is a zerolog writer the tests can search.
@@ -267,17 +313,29 @@ func TestAcceptProxyProtocol(t *testing.T) {
 	front := netip.MustParseAddrPort("192.0.2.1:6379")
 	c.Write(append(proxyproto.Append(nil, 2, client, front), "hello"...))
 	buf := make([]byte, 5)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hello" {
 		t.Fatalf("echo: %q, %v", buf, err)
 	}
 	if h := <-got; h.Src != client || h.Dst != front {
 		t.Fatalf("header sent on: %+v, want %v -> %v", h, client, front)
 	}
+	// Then bulk: the client conn was unwrapped after the header, so the
+	// bytes go by splice(2) (a wrapper would turn it off).
+	payload := bytes.Repeat([]byte("s"), 1<<20)
+	go func() { c.Write(payload); c.(*net.TCPConn).CloseWrite() }()
+	if back, err := io.ReadAll(c); err != nil || !bytes.Equal(back, payload) {
+		t.Fatalf("1 MiB after the header: %d bytes back, %v", len(back), err)
+	}
 	c.Close()
 	waitFor(t, func() bool { return len(logs.lines("connection closed")) == 1 })
-	if line := logs.lines("connection closed")[0]; line["client"] != client.String() || line["via"] != "127.0.0.1:"+strconv.Itoa(c.LocalAddr().(*net.TCPAddr).Port) {
+	line := logs.lines("connection closed")[0]
+	if line["client"] != client.String() || line["via"] != "127.0.0.1:"+strconv.Itoa(c.LocalAddr().(*net.TCPAddr).Port) {
 		t.Fatalf("log names client %v via %v", line["client"], line["via"])
+	}
+	if want := float64(5 + len(payload)); line["spliced"] != true || line["bytes_up"] != want || line["bytes_down"] != want {
+		t.Fatalf("after an accepted header: spliced %v, bytes up %v down %v; want spliced over %v each way",
+			line["spliced"], line["bytes_up"], line["bytes_down"], want)
 	}
 
 	cases := []struct {
@@ -394,6 +452,46 @@ func TestHashSticky(t *testing.T) {
 	}
 	if len(seen) < 2 {
 		t.Fatalf("20 clients all on %v", seen)
+	}
+}
+
+// TestHashUsesProxyHeaderClient: behind a front balancer every connection
+// comes from the same peer; with accept_proxy_protocol the hash is of the
+// client the header names. Each header client lands on the host the pool
+// picks for its own address, and several clients spread although the peer
+// is one.
+func TestHashUsesProxyHeaderClient(t *testing.T) {
+	var hosts []*pool.Host
+	for _, name := range []string{"a", "b", "c"} {
+		b := testbackend.New(t, testbackend.Tagger(name))
+		hosts = append(hosts, pool.NewHost(name, "tcp", b.Addr(), 1))
+	}
+	p, err := pool.NewPool("p", 0, pool.MethodHash, hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := defaults(pool.NewUpstream("u", []*pool.Pool{p}, pool.AllDownReject))
+	s.AcceptProxy = true
+	s.Trusted = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	r := start(t, s)
+	front := netip.MustParseAddrPort("192.0.2.1:6379")
+	seen := map[string]bool{}
+	for i := 1; i <= 20; i++ {
+		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), uint16(40000+i))
+		want := p.Pick(pool.HashKey(client, false), nil).ID
+		for j := 0; j < 2; j++ { // and again, from another source port of the front
+			c := dialFrom(t, "127.0.0.1", r.addr)
+			c.Write(proxyproto.Append(nil, 1+j, client, front))
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if got := tagOf(t, c); got != want {
+				t.Fatalf("header client %v (v%d): host %q, want %q (the hash of the header's address)", client, 1+j, got, want)
+			}
+			c.Close()
+		}
+		seen[want] = true
+	}
+	if len(seen) < 2 {
+		t.Fatalf("20 header clients all on %v", seen)
 	}
 }
 

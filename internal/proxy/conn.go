@@ -138,7 +138,7 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 			break
 		}
 		tried[n+full] = h
-		if !h.TryAcquire() {
+		if !l.acquire(s, p, h) {
 			full++
 			continue
 		}

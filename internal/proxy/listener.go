@@ -69,6 +69,10 @@ type Stats struct {
 	Connected    uint64 // connections that reached a host (Connected+ConnectFails = connect attempts)
 	// Clients refused before any backend work, by reason.
 	Denied, OverListenerLimit, OverClientLimit, Untrusted, BadProxyHeader uint64
+	// HostFull counts hosts reaching their max_connections on this
+	// listener's connections; each is then skipped like a down host until
+	// a connection to it closes.
+	HostFull uint64
 }
 
 // Listener accepts TCP (or unix stream) connections and forwards each to a
@@ -83,6 +87,8 @@ type Listener struct {
 	active                                                     atomic.Int64
 	rejected                                                   [numRejects]atomic.Uint64
 	rejectLog                                                  [numRejects]rateLog
+	hostFull                                                   atomic.Uint64
+	hostFullLog                                                rateLog
 	clients                                                    clientCounts
 
 	mu       sync.Mutex
@@ -158,6 +164,8 @@ func (l *Listener) Stats() Stats {
 		OverClientLimit:   l.rejected[rejectClientFull].Load(),
 		Untrusted:         l.rejected[rejectUntrusted].Load(),
 		BadProxyHeader:    l.rejected[rejectBadHeader].Load(),
+
+		HostFull: l.hostFull.Load(),
 	}
 }
 
