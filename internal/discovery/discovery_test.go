@@ -111,8 +111,14 @@ func testConfig(addr string) Config {
 // start runs a Discovery with cfg on watches until the test ends.
 func start(t *testing.T, cfg Config, ws ...Watch) (*Discovery, *recSink) {
 	t.Helper()
+	return startLog(t, cfg, logger(), ws...)
+}
+
+// startLog is start with the discovery logging to log.
+func startLog(t *testing.T, cfg Config, log zerolog.Logger, ws ...Watch) (*Discovery, *recSink) {
+	t.Helper()
 	sink := newSink()
-	d, err := New(cfg, sink, logger())
+	d, err := New(cfg, sink, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -641,26 +647,33 @@ func TestColdStartLKG(t *testing.T) {
 	})
 }
 
-// TestCorruptLKG: a damaged copy is reported and ignored.
+// TestCorruptLKG: a damaged copy is reported (an error in the log naming
+// the file and what is wrong with it) and ignored: the pool waits for
+// Consul.
 func TestCorruptLKG(t *testing.T) {
 	good, err := EncodeLKG(LKG{Watch: redis.Key(), Index: 7, Time: time.Now(), Instances: []Instance{{ID: "10.0.0.1:1", Address: "10.0.0.1", Port: 1, Weight: 1}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, body := range map[string][]byte{
-		"truncated":   good[:len(good)/2],
-		"bit flipped": []byte(strings.Replace(string(good), "10.0.0.1:1", "10.0.0.2:1", 1)),
-		"not json":    []byte("\x00\x01garbage"),
-		"other watch": mustEncode(t, LKG{Watch: "other", Instances: []Instance{{ID: "10.0.0.1:1", Address: "10.0.0.1", Port: 1, Weight: 1}}}),
+	for name, c := range map[string]struct {
+		body []byte
+		why  string // in the reported error
+	}{
+		"truncated":   {good[:len(good)/2], "not a last-known-good file"},
+		"bit flipped": {[]byte(strings.Replace(string(good), "10.0.0.1:1", "10.0.0.2:1", 1)), "checksum mismatch"},
+		"not json":    {[]byte("\x00\x01garbage"), "not a last-known-good file"},
+		"other watch": {mustEncode(t, LKG{Watch: "other", Instances: []Instance{{ID: "10.0.0.1:1", Address: "10.0.0.1", Port: 1, Weight: 1}}}), `written for watch \"other\"`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			if err := os.WriteFile(LKGPath(dir, redis.Key()), body, 0o600); err != nil {
+			path := LKGPath(dir, redis.Key())
+			if err := os.WriteFile(path, c.body, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			cfg := testConfig(closedPort(t))
 			cfg.StateDir = dir
-			d, sink := start(t, cfg, redis)
+			var log logBuf
+			d, sink := startLog(t, cfg, zerolog.New(&log), redis)
 			select {
 			case <-d.Ready():
 			case <-time.After(2 * time.Second):
@@ -670,8 +683,46 @@ func TestCorruptLKG(t *testing.T) {
 			if st, _ := d.Status(redis.Key()); st.Source != SourceWaiting {
 				t.Errorf("status = %+v", st)
 			}
+			// Ready comes after the copy was tried: the report is there.
+			line := log.find(`"message":"last-known-good copy ignored"`)
+			if line == "" {
+				t.Fatalf("the damaged copy was not reported; log:\n%s", log.String())
+			}
+			for _, want := range []string{`"level":"error"`, path, c.why} {
+				if !strings.Contains(line, want) {
+					t.Errorf("report %s lacks %s", line, want)
+				}
+			}
 		})
 	}
+}
+
+// logBuf collects log lines; safe for the watchers' goroutines.
+type logBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// find returns the first line containing s, or "".
+func (l *logBuf) find(s string) string {
+	for _, line := range strings.Split(l.String(), "\n") {
+		if strings.Contains(line, s) {
+			return line
+		}
+	}
+	return ""
 }
 
 func mustEncode(t *testing.T, l LKG) []byte {
