@@ -140,6 +140,18 @@ func startLog(t *testing.T, cfg Config, log zerolog.Logger, ws ...Watch) (*Disco
 	return d, sink
 }
 
+// waitBlocked waits until n queries are parked at the agent.
+func waitBlocked(t *testing.T, a *consultest.Agent, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for a.Blocked() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d queries blocked at the agent after 2s, want %d", a.Blocked(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func closedPort(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -230,7 +242,7 @@ func TestFollow(t *testing.T) {
 		t.Errorf("primary = %v, want %v", got[primary.Key()], want)
 	}
 	<-d.Ready()
-	time.Sleep(100 * time.Millisecond) // both watchers are blocked in a query now
+	waitBlocked(t, a, 2) // both watchers are parked in a query
 
 	var worst time.Duration
 	step := func(what string, f func(), want ...string) {
@@ -340,9 +352,16 @@ func TestIndexBackwards(t *testing.T) {
 	cfg.Wait = 10 * time.Second
 	_, sink := start(t, cfg, redis)
 	sink.next(t, 2*time.Second)
-	time.Sleep(100 * time.Millisecond)
+	waitBlocked(t, a, 1)
+	before := a.Requests()
 	a.SetIndex(2) // a restored snapshot: 22 -> 2; wakes the blocked query
-	time.Sleep(100 * time.Millisecond)
+	// Parked again, two queries later (one that does not block, then one
+	// on index 2), before the change below.
+	for deadline := time.Now().Add(2 * time.Second); a.Requests() < before+2 || a.Blocked() < 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the index went backwards: %d queries, %d blocked", a.Requests()-before, a.Blocked())
+		}
+	}
 	t0 := time.Now()
 	a.Register("redis", consultest.Instance{Address: "127.0.0.3", Port: 1}) // index 3, still < 22
 	u := sink.next(t, 2*time.Second)

@@ -78,6 +78,7 @@ type Agent struct {
 	barrier *barrier // KV PUTs held back until this many have arrived; nil = none
 
 	requests atomic.Int64
+	blocked  atomic.Int64 // queries waiting in block now
 	kvGets   atomic.Int64
 	kvPuts   atomic.Int64
 	lastMu   sync.Mutex
@@ -128,6 +129,11 @@ func (a *Agent) Close() {
 
 // Requests counts the health queries received.
 func (a *Agent) Requests() int64 { return a.requests.Load() }
+
+// Blocked counts the queries (health or KV) held in a blocking wait right
+// now: a test that needs a watcher parked before it changes something waits
+// for this to rise, instead of sleeping.
+func (a *Agent) Blocked() int64 { return a.blocked.Load() }
 
 // LastQuery returns the parameters of the last query.
 func (a *Agent) LastQuery() url.Values {
@@ -320,6 +326,7 @@ func (a *Agent) block(r *http.Request, q url.Values, fault Fault) uint64 {
 	a.mu.Lock()
 	if fault != ZeroIndex && want > 0 && a.index <= want {
 		ch := a.changed
+		a.blocked.Add(1)
 		a.mu.Unlock()
 		t := time.NewTimer(wait)
 		select {
@@ -330,6 +337,7 @@ func (a *Agent) block(r *http.Request, q url.Values, fault Fault) uint64 {
 		}
 		t.Stop()
 		a.mu.Lock()
+		a.blocked.Add(-1)
 	}
 	index := a.index
 	a.mu.Unlock()
