@@ -325,6 +325,9 @@ func TestSharedWatch(t *testing.T) {
 	if u.key != "redis?tag=x&tag=y" {
 		t.Errorf("key %q", u.key)
 	}
+	if q := a.Queries(w1.Key()); q.First != 1 {
+		t.Errorf("the agent saw %d watchers of %s start, want 1", q.First, w1.Key())
+	}
 	// Changing the set: a new watch starts, a gone one stops.
 	w3 := Watch{Service: "redis", Tags: []string{"x"}}
 	d.SetWatches([]Watch{w3})

@@ -270,9 +270,12 @@ func TestConsulColdStartLKG(t *testing.T) {
 	}
 }
 
-// TestConsulSharedWatch: two pools (here of two upstreams) that follow the
-// same service share one watcher; a host id used by a static pool of the
-// same upstream is qualified with the pool name.
+// TestConsulSharedWatch: pools (here of two upstreams) that follow the
+// same service with the same filters share one watcher, counted at the
+// stand-in per watch (service, tags, datacenter, passing): one first query
+// each, however many pools follow it; pools with another tag or datacenter
+// get their own. A host id used by a static pool of the same upstream is
+// qualified with the pool name.
 func TestConsulSharedWatch(t *testing.T) {
 	a := consultest.New()
 	defer a.Close()
@@ -285,16 +288,44 @@ func TestConsulSharedWatch(t *testing.T) {
 [[upstream.v.pool]]
 name = "p"
 consul = { service = "svc", passing_only = true }
+
+[[upstream.v.pool]]
+name = "tagged"
+priority = 1
+consul = { service = "svc", tag = "x" }
+
+[upstream.w]
+[[upstream.w.pool]]
+name = "p"
+consul = { service = "svc" }
+
+[[upstream.w.pool]]
+name = "dc2"
+priority = 1
+consul = { service = "svc", datacenter = "dc2" }
 `
 	r := startServer(t, conf)
-	waitHosts(t, r.s, "main", time.Second, "main/"+ba.Addr())
-	before := a.Requests()
-	time.Sleep(300 * time.Millisecond)
-	if n := a.Requests() - before; n > 1 {
-		t.Errorf("%d queries in 300ms while nothing changed: the two pools do not share a blocking watcher", n)
+	// A connection is served only once every watch has had its first
+	// answer (Run waits for all of them): every watcher has started.
+	if got := tag(t, r.addr); got != "a" {
+		t.Fatalf("first connection went to %q", got)
 	}
-	if ds := r.s.DiscoveryStatus(); len(ds) != 2 || ds[0].Watch != ds[1].Watch {
-		t.Errorf("status = %+v", ds)
+	waitHosts(t, r.s, "main", time.Second, "main/"+ba.Addr())
+	for watch, pools := range map[string]int{
+		"svc?passing=1":        3, // u/main, v/p, w/p
+		"svc?passing=1&tag=x":  1,
+		"svc?dc=dc2&passing=1": 1,
+	} {
+		if q := a.Queries(watch); q.First != 1 {
+			t.Errorf("watch %s (%d pools): %d watchers started (%d queries), want 1", watch, pools, q.First, q.Total)
+		}
+	}
+	byWatch := map[string]int{}
+	for _, d := range r.s.DiscoveryStatus() {
+		byWatch[d.Watch]++
+	}
+	if len(byWatch) != 3 || byWatch["svc?passing=1"] != 3 {
+		t.Errorf("status: pools per watch %v, want 3 watches, svc?passing=1 followed by 3 pools", byWatch)
 	}
 }
 

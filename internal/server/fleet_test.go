@@ -269,7 +269,7 @@ func TestFleetPartition(t *testing.T) {
 	}
 	defer be.Close()
 	cut := startCutter(t, agent.Addr())
-	fl := startFleet(t, []string{agent.Addr(), agent.Addr(), cut.addr()}, be.Addr())
+	fl := startFleet(t, []string{agent.Addr(), agent.Addr(), cut.Addr()}, be.Addr())
 	// Hash: make every client land on the echo host "a" for the traffic check.
 	for _, id := range []string{"b", "c"} {
 		if err := fl[0].s.HostAction("u", "p", id, control.ActionDown); err != nil {
@@ -280,7 +280,7 @@ func TestFleetPartition(t *testing.T) {
 		return hostsOf(fl[2].s, "u")["p/c"].State == pool.StateManualDown
 	})
 
-	cut.set(true)
+	cut.Cut()
 	waitFor(t, 10*time.Second, "instance 2 out of sync", func() bool { return !fl[2].s.StoreStatus().InSync })
 	err = fl[2].s.AddHost("u", "p", control.HostSpec{ID: "lost", Address: "127.0.4.1:7"})
 	if !errors.Is(err, control.ErrUnavailable) || !strings.Contains(err.Error(), "cannot be reached") {
@@ -309,7 +309,7 @@ func TestFleetPartition(t *testing.T) {
 	// Restart while cut off: the last-known-good copy (b, c down), edits
 	// refused.
 	fl[2].stop()
-	m := startMember(t, cut.addr(), be.Addr(), fl[2].dir)
+	m := startMember(t, cut.Addr(), be.Addr(), fl[2].dir)
 	if st := m.s.StoreStatus(); st.Source != "last_known_good" || st.InSync || st.Edits != 2 {
 		t.Errorf("restarted while cut off: %+v", st)
 	}
@@ -323,7 +323,7 @@ func TestFleetPartition(t *testing.T) {
 		t.Fatalf("traffic after the restart: %v", err)
 	}
 
-	cut.set(false)
+	cut.Heal()
 	d := waitFor(t, 10*time.Second, "convergence after the partition", func() bool { return hasHost(m.s, "new") })
 	waitFor(t, 10*time.Second, "in sync", func() bool { return m.s.StoreStatus().InSync })
 	t.Logf("converged %s after the partition healed (backoff_max 200ms); status %+v", d, m.s.StoreStatus())
@@ -380,83 +380,16 @@ func TestFleetHashSame(t *testing.T) {
 	}
 }
 
-// cutter is a TCP relay to the agent that can cut an instance off: every
-// connection closed, new ones reset.
-type cutter struct {
-	ln   net.Listener
-	to   string
-	mu   sync.Mutex
-	down bool
-	open map[net.Conn]bool
-	wg   sync.WaitGroup
-}
-
-func startCutter(t *testing.T, to string) *cutter {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// startCutter puts a relay that can cut an instance off between it and
+// the agent at to, until the test ends.
+func startCutter(t *testing.T, to string) *consultest.Relay {
+	t.Helper()
+	r, err := consultest.NewRelay(to)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cutter{ln: ln, to: to, open: map[net.Conn]bool{}}
-	c.wg.Add(1)
-	go c.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		c.set(true)
-		c.wg.Wait()
-	})
-	return c
-}
-
-func (c *cutter) addr() string { return c.ln.Addr().String() }
-
-func (c *cutter) set(down bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.down = down
-	if down {
-		for x := range c.open {
-			x.Close()
-		}
-	}
-}
-
-func (c *cutter) accept() {
-	defer c.wg.Done()
-	for {
-		in, err := c.ln.Accept()
-		if err != nil {
-			return
-		}
-		c.mu.Lock()
-		if c.down {
-			c.mu.Unlock()
-			in.(*net.TCPConn).SetLinger(0)
-			in.Close()
-			continue
-		}
-		out, err := net.Dial("tcp", c.to)
-		if err != nil {
-			c.mu.Unlock()
-			in.Close()
-			continue
-		}
-		c.open[in], c.open[out] = true, true
-		c.mu.Unlock()
-		c.wg.Add(2)
-		go c.pipe(in, out)
-		go c.pipe(out, in)
-	}
-}
-
-func (c *cutter) pipe(dst, src net.Conn) {
-	defer c.wg.Done()
-	io.Copy(dst, src)
-	dst.Close()
-	src.Close()
-	c.mu.Lock()
-	delete(c.open, dst)
-	delete(c.open, src)
-	c.mu.Unlock()
+	t.Cleanup(r.Close)
+	return r
 }
 
 // serveControl serves s's control API on a Unix socket.
