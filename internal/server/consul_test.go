@@ -329,6 +329,59 @@ consul = { service = "svc", datacenter = "dc2" }
 	}
 }
 
+// TestConsulHealthChecks: l4lb's own active checks run on the hosts Consul
+// gives: an instance Consul calls passing but that refuses connections is
+// marked down by l4lb (host_down, with the check's reason) and gets no
+// traffic; when it starts listening it comes back up (host_up).
+func TestConsulHealthChecks(t *testing.T) {
+	a := consultest.New()
+	defer a.Close()
+	good := testbackend.New(t, testbackend.Tagger("good"))
+	bad := testbackend.Refuser(t) // passing in Consul, nothing listening
+	static := testbackend.New(t, testbackend.Tagger("static"))
+	register(t, a, good.Addr())
+	register(t, a, bad)
+	conf := fmt.Sprintf(consulConf, t.TempDir(), a.Addr(), static.Addr())
+	// Active checks only: no passive marking from failed connects.
+	conf = strings.Replace(conf, "max_fails = 1", "max_fails = 0", 1)
+	conf = strings.Replace(conf, "[[upstream.u.pool]]", `[upstream.u.health]
+type = "tcp"
+interval = "100ms"
+timeout = "50ms"
+rise = 2
+fall = 2
+jitter = "0s"
+
+[[upstream.u.pool]]`, 1)
+	r := startServer(t, conf)
+	waitHosts(t, r.s, "main", time.Second, sortIDs(good.Addr(), bad)...)
+	t0 := time.Now()
+	e := r.waitEvent(t, events.HostDown, bad, 5*time.Second)
+	t.Logf("discovered host %s marked down by l4lb's check after %s: %s", bad, time.Since(t0).Round(time.Millisecond), e.Reason)
+	if e.Pool != "main" || e.Reason == "" {
+		t.Errorf("host_down event %+v", e)
+	}
+	for _, h := range r.s.Status().Hosts {
+		if h.ID == bad && (h.Source != control.SourceConsul || h.State.String() != "down") {
+			t.Errorf("status of %s: source %s, state %s", bad, h.Source, h.State)
+		}
+	}
+	for range 6 {
+		if got := tag(t, r.addr); got != "good" {
+			t.Fatalf("a connection went to %q with the bad instance down", got)
+		}
+	}
+	// Consul never changed its mind: the host is still in the pool.
+	waitHosts(t, r.s, "main", time.Second, sortIDs(good.Addr(), bad)...)
+
+	back, err := testbackend.StartAt(bad, testbackend.Tagger("back"))
+	if err != nil {
+		t.Skipf("cannot listen on %s again: %v", bad, err)
+	}
+	defer back.Close()
+	r.waitEvent(t, events.HostUp, bad, 5*time.Second)
+}
+
 // TestConsulRedisChurn: redis clients through l4lb while instances
 // register and deregister; as long as one instance passes, no request
 // fails. Uses redis-server (and redis-benchmark when installed).
