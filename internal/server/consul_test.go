@@ -532,11 +532,12 @@ func startRedis(t *testing.T, i int) string {
 	}
 }
 
-// startDevAgent runs `consul agent -dev` on free loopback ports until the
-// test ends and returns its HTTP address once it has a leader.
+// startDevAgent runs `consul agent -dev` on free loopback ports (HTTP, DNS,
+// server RPC, serf LAN and WAN, gRPC and gRPC TLS: none on a default) until
+// the test ends and returns its HTTP address once it has a leader.
 func startDevAgent(t *testing.T, bin string) string {
 	t.Helper()
-	ports := make([]int, 6)
+	ports := make([]int, 7)
 	for i := range ports {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -548,7 +549,10 @@ func startDevAgent(t *testing.T, bin string) string {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 	cmd := exec.Command(bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-http-port", strconv.Itoa(ports[0]), "-dns-port", strconv.Itoa(ports[1]), "-server-port", strconv.Itoa(ports[2]),
-		"-serf-lan-port", strconv.Itoa(ports[3]), "-serf-wan-port", strconv.Itoa(ports[4]), "-grpc-port", strconv.Itoa(ports[5]))
+		"-serf-lan-port", strconv.Itoa(ports[3]), "-serf-wan-port", strconv.Itoa(ports[4]), "-grpc-port", strconv.Itoa(ports[5]),
+		// -dev listens for gRPC with TLS on 8503 unless told otherwise:
+		// two test agents (or one and a real one) would collide there.
+		"-grpc-tls-port", strconv.Itoa(ports[6]))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
