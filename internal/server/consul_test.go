@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -532,46 +531,6 @@ func startRedis(t *testing.T, i int) string {
 	}
 }
 
-// startDevAgent runs `consul agent -dev` on free loopback ports (HTTP, DNS,
-// server RPC, serf LAN and WAN, gRPC and gRPC TLS: none on a default) until
-// the test ends and returns its HTTP address once it has a leader.
-func startDevAgent(t *testing.T, bin string) string {
-	t.Helper()
-	ports := make([]int, 7)
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, ports[i] = hostPort(t, ln.Addr().String())
-		ln.Close()
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-	cmd := exec.Command(bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-http-port", strconv.Itoa(ports[0]), "-dns-port", strconv.Itoa(ports[1]), "-server-port", strconv.Itoa(ports[2]),
-		"-serf-lan-port", strconv.Itoa(ports[3]), "-serf-wan-port", strconv.Itoa(ports[4]), "-grpc-port", strconv.Itoa(ports[5]),
-		// -dev listens for gRPC with TLS on 8503 unless told otherwise:
-		// two test agents (or one and a real one) would collide there.
-		"-grpc-tls-port", strconv.Itoa(ports[6]))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if resp, err := hc.Get("http://" + addr + "/v1/status/leader"); err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == 200 && len(b) > 4 {
-				return addr
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the dev agent has no leader after 20s")
-		}
-	}
-}
-
 // TestConsulRealAgent runs the follow scenario against a real dev agent
 // when a consul binary is on PATH.
 func TestConsulRealAgent(t *testing.T) {
@@ -579,7 +538,7 @@ func TestConsulRealAgent(t *testing.T) {
 	if err != nil {
 		t.Skip("no consul binary on PATH: the real-agent scenario is skipped (the stand-in covers it)")
 	}
-	httpAddr := startDevAgent(t, bin)
+	httpAddr := consultest.StartDev(t, bin)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	put := func(path, body string) {
 		t.Helper()

@@ -448,7 +448,7 @@ func TestFleetRealAgent(t *testing.T) {
 	if err != nil {
 		t.Skip("no consul binary on PATH: the real-agent fleet scenario is skipped (the stand-in covers it)")
 	}
-	addr := startDevAgent(t, bin)
+	addr := consultest.StartDev(t, bin)
 	fl := startFleet(t, []string{addr, addr, addr}, "127.0.0.1:7")
 	for _, m := range fl {
 		waitFor(t, 5*time.Second, "first read", func() bool { return m.s.StoreStatus().InSync })

@@ -15,6 +15,10 @@
 // if absent), else false. A blocking KV query wakes on any change, not only
 // its key's: Consul allows that, and a client must cope with it.
 //
+// Beside it: Relay (relay.go) stands between one client and an agent and
+// can cut that client off, a partition the others do not see; StartDev
+// (dev.go) runs a real agent instead, for tests that have a consul binary.
+//
 // It is not Consul: no catalog endpoints, no recursive or prefix KV reads, no ACLs, no datacenters (the dc
 // asked for is only recorded), no sorting by ?near.
 package consultest
