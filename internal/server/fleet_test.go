@@ -456,10 +456,10 @@ func TestFleetRealAgent(t *testing.T) {
 	var lat []time.Duration
 	for i, m := range fl {
 		id := fmt.Sprintf("r%d", i)
+		start := time.Now() // before the call, as in TestFleetPropagation
 		if err := m.s.AddHost("u", "p", control.HostSpec{ID: id, Address: fmt.Sprintf("127.0.6.%d:7", i+1), Weight: 1}); err != nil {
 			t.Fatalf("edit on %d: %v", i, err)
 		}
-		start := time.Now()
 		for j, o := range fl {
 			if j != i {
 				waitFor(t, 5*time.Second, "propagation", func() bool { return hasHost(o.s, id) })
@@ -467,7 +467,7 @@ func TestFleetRealAgent(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("real agent: edit seen on the other instances in %v", lat)
+	t.Logf("real agent: edit seen on the other instances %v after the call started", lat)
 	// A stale index is refused by the real agent too.
 	if err := fl[0].s.fleet.Commit(context.Background(), encodeJournal(nil), fl[0].s.StoreStatus().Index-1); err == nil {
 		t.Fatal("check-and-set with a stale index succeeded")
