@@ -83,8 +83,6 @@ func (x *watcher) delay(res result) time.Duration {
 	return 0
 }
 
-// backoff is the delay after n consecutive failures (n >= 1): exponential
-// from lo, capped at hi, with jitter over its upper half, never below lo.
 // Backoff is the delay before retry n (from 1): exponential from lo, capped
 // at hi, jittered over its upper half, never below lo. The fleet store
 // retries the same way.

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -231,9 +232,17 @@ func TestWatch(t *testing.T) {
 	w.until(t, time.Second, func(v Value) bool { return v.Data == nil && v.Index == 0 })
 }
 
-// waitBlocked gives the watch time to send its next query: it does so at
-// once after an answer with no delay.
-func waitBlocked(*testing.T, *consultest.Agent) { time.Sleep(50 * time.Millisecond) }
+// waitBlocked waits until the watch's query is parked at the agent.
+func waitBlocked(t *testing.T, a *consultest.Agent) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for a.Blocked() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no query blocked at the agent within 2s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
 
 // TestWatchStartDown: with no agent, Ready comes after the startup timeout
 // and the watch picks the value up once the agent is there.
@@ -259,5 +268,80 @@ func TestWatchStartDown(t *testing.T) {
 	b.PutKV(key, []byte("x"))
 	if v := w.next(t, 2*time.Second); string(v.Data) != "x" {
 		t.Fatalf("after the agent came: %+v", v)
+	}
+}
+
+// TestWatchHung: an agent that takes the watch's query and never answers
+// (a SIGSTOPped one) is given up on at the request's deadline, wait +
+// wait/16 + margin, and counted as a failure; once it answers again the
+// watch reads the key at once.
+func TestWatchHung(t *testing.T) {
+	a := consultest.New()
+	defer a.Close()
+	s := newStore(t, a.Addr())
+	c := s.cfg.Client
+	limit := c.RequestTimeout(c.Wait)
+	w := startWatch(t, s)
+	w.next(t, time.Second)
+	waitBlocked(t, a)
+	a.SetFault(consultest.Hang)
+	a.PutKV(key, []byte("one")) // answers the blocked query; the next one hangs
+	if v := w.next(t, time.Second); string(v.Data) != "one" {
+		t.Fatalf("change: %+v", v)
+	}
+	t0 := time.Now()
+	for s.Status().Failures == 0 {
+		if time.Since(t0) > limit+2*time.Second {
+			t.Fatalf("hung query not given up within %s (limit %s)", time.Since(t0), limit)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(t0)
+	st := s.Status()
+	t.Logf("hung agent: the watch gave up after %s (wait %s + wait/16 + margin %s = %s): %s",
+		took.Round(time.Millisecond), c.Wait, c.Margin, limit, st.LastError)
+	if took < limit-50*time.Millisecond || took > limit+500*time.Millisecond {
+		t.Errorf("gave up after %s, want about %s", took, limit)
+	}
+	if !strings.Contains(st.LastError, "no answer within") {
+		t.Errorf("last error %q", st.LastError)
+	}
+	a.SetFault(consultest.None)
+	a.PutKV(key, []byte("two"))
+	if v := w.until(t, 2*time.Second, func(v Value) bool { return string(v.Data) == "two" }); v.Fresh {
+		t.Errorf("after recovery: %+v", v)
+	}
+}
+
+// TestWatchIndexZero: an agent stuck at X-Consul-Index 0 answers every
+// blocking query at once. The watch sends index 1 instead (never 0, which
+// would not block) and pauses backoff_min between such answers instead of
+// spinning; a real change still comes through.
+func TestWatchIndexZero(t *testing.T) {
+	a := consultest.New()
+	defer a.Close()
+	a.PutKV(key, []byte("one"))
+	a.SetFault(consultest.ZeroIndex)
+	s := newStore(t, a.Addr())
+	w := startWatch(t, s)
+	if v := w.next(t, time.Second); string(v.Data) != "one" {
+		t.Fatalf("first value: %+v", v)
+	}
+	before, t0 := a.KVGets(), time.Now()
+	// A window over which to measure the query rate.
+	time.Sleep(time.Second)
+	n, window := a.KVGets()-before, time.Since(t0)
+	bound := int64(window/s.cfg.Client.BackoffMin) + 1
+	t.Logf("index stuck at 0: %d queries in %s (%.0f/min; at most %d with backoff_min %s)",
+		n, window.Round(time.Millisecond), float64(n)/window.Minutes(), bound, s.cfg.Client.BackoffMin)
+	if n > bound {
+		t.Errorf("%d queries in %s: the loop is not rate-limited", n, window)
+	}
+	if q := a.LastQuery(); q.Get("index") != "1" {
+		t.Errorf("index sent = %q, want 1 (0 clamped)", q.Get("index"))
+	}
+	a.PutKV(key, []byte("two"))
+	if v := w.next(t, time.Second); string(v.Data) != "two" {
+		t.Fatalf("change with the index stuck at 0: %+v", v)
 	}
 }

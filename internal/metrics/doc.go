@@ -19,5 +19,7 @@
 //
 // What the package does not do: keep history (Prometheus does), count
 // anything itself, push, or serve anything but /metrics and /healthz.
-// Consul discovery metrics will come with discovery.
+// Consul discovery is read the same way (the l4lb_discovery_* gauges, from
+// the status's discovery list); the fleet store has no metrics of its own:
+// its state is the status's store line.
 package metrics

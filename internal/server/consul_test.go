@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -281,9 +280,12 @@ func TestConsulColdStartLKG(t *testing.T) {
 	}
 }
 
-// TestConsulSharedWatch: two pools (here of two upstreams) that follow the
-// same service share one watcher; a host id used by a static pool of the
-// same upstream is qualified with the pool name.
+// TestConsulSharedWatch: pools (here of two upstreams) that follow the
+// same service with the same filters share one watcher, counted at the
+// stand-in per watch (service, tags, datacenter, passing): one first query
+// each, however many pools follow it; pools with another tag or datacenter
+// get their own. A host id used by a static pool of the same upstream is
+// qualified with the pool name.
 func TestConsulSharedWatch(t *testing.T) {
 	a := consultest.New()
 	defer a.Close()
@@ -296,17 +298,98 @@ func TestConsulSharedWatch(t *testing.T) {
 [[upstream.v.pool]]
 name = "p"
 consul = { service = "svc", passing_only = true }
+
+[[upstream.v.pool]]
+name = "tagged"
+priority = 1
+consul = { service = "svc", tag = "x" }
+
+[upstream.w]
+[[upstream.w.pool]]
+name = "p"
+consul = { service = "svc" }
+
+[[upstream.w.pool]]
+name = "dc2"
+priority = 1
+consul = { service = "svc", datacenter = "dc2" }
 `
 	r := startServer(t, conf)
+	// A connection is served only once every watch has had its first
+	// answer (Run waits for all of them): every watcher has started.
+	if got := tag(t, r.addr); got != "a" {
+		t.Fatalf("first connection went to %q", got)
+	}
 	waitHosts(t, r.s, "main", time.Second, "main/"+ba.Addr())
-	before := a.Requests()
-	time.Sleep(300 * time.Millisecond)
-	if n := a.Requests() - before; n > 1 {
-		t.Errorf("%d queries in 300ms while nothing changed: the two pools do not share a blocking watcher", n)
+	for watch, pools := range map[string]int{
+		"svc?passing=1":        3, // u/main, v/p, w/p
+		"svc?passing=1&tag=x":  1,
+		"svc?dc=dc2&passing=1": 1,
+	} {
+		if q := a.Queries(watch); q.First != 1 {
+			t.Errorf("watch %s (%d pools): %d watchers started (%d queries), want 1", watch, pools, q.First, q.Total)
+		}
 	}
-	if ds := r.s.DiscoveryStatus(); len(ds) != 2 || ds[0].Watch != ds[1].Watch {
-		t.Errorf("status = %+v", ds)
+	byWatch := map[string]int{}
+	for _, d := range r.s.DiscoveryStatus() {
+		byWatch[d.Watch]++
 	}
+	if len(byWatch) != 3 || byWatch["svc?passing=1"] != 3 {
+		t.Errorf("status: pools per watch %v, want 3 watches, svc?passing=1 followed by 3 pools", byWatch)
+	}
+}
+
+// TestConsulHealthChecks: l4lb's own active checks run on the hosts Consul
+// gives: an instance Consul calls passing but that refuses connections is
+// marked down by l4lb (host_down, with the check's reason) and gets no
+// traffic; when it starts listening it comes back up (host_up).
+func TestConsulHealthChecks(t *testing.T) {
+	a := consultest.New()
+	defer a.Close()
+	good := testbackend.New(t, testbackend.Tagger("good"))
+	bad := testbackend.Refuser(t) // passing in Consul, nothing listening
+	static := testbackend.New(t, testbackend.Tagger("static"))
+	register(t, a, good.Addr())
+	register(t, a, bad)
+	conf := fmt.Sprintf(consulConf, t.TempDir(), a.Addr(), static.Addr())
+	// Active checks only: no passive marking from failed connects.
+	conf = strings.Replace(conf, "max_fails = 1", "max_fails = 0", 1)
+	conf = strings.Replace(conf, "[[upstream.u.pool]]", `[upstream.u.health]
+type = "tcp"
+interval = "100ms"
+timeout = "50ms"
+rise = 2
+fall = 2
+jitter = "0s"
+
+[[upstream.u.pool]]`, 1)
+	r := startServer(t, conf)
+	waitHosts(t, r.s, "main", time.Second, sortIDs(good.Addr(), bad)...)
+	t0 := time.Now()
+	e := r.waitEvent(t, events.HostDown, bad, 5*time.Second)
+	t.Logf("discovered host %s marked down by l4lb's check after %s: %s", bad, time.Since(t0).Round(time.Millisecond), e.Reason)
+	if e.Pool != "main" || e.Reason == "" {
+		t.Errorf("host_down event %+v", e)
+	}
+	for _, h := range r.s.Status().Hosts {
+		if h.ID == bad && (h.Source != control.SourceConsul || h.State.String() != "down") {
+			t.Errorf("status of %s: source %s, state %s", bad, h.Source, h.State)
+		}
+	}
+	for range 6 {
+		if got := tag(t, r.addr); got != "good" {
+			t.Fatalf("a connection went to %q with the bad instance down", got)
+		}
+	}
+	// Consul never changed its mind: the host is still in the pool.
+	waitHosts(t, r.s, "main", time.Second, sortIDs(good.Addr(), bad)...)
+
+	back, err := testbackend.StartAt(bad, testbackend.Tagger("back"))
+	if err != nil {
+		t.Skipf("cannot listen on %s again: %v", bad, err)
+	}
+	defer back.Close()
+	r.waitEvent(t, events.HostUp, bad, 5*time.Second)
 }
 
 // TestConsulRedisChurn: redis clients through l4lb while instances
@@ -459,42 +542,6 @@ func startRedis(t *testing.T, i int) string {
 	}
 }
 
-// startDevAgent runs `consul agent -dev` on free loopback ports until the
-// test ends and returns its HTTP address once it has a leader.
-func startDevAgent(t *testing.T, bin string) string {
-	t.Helper()
-	ports := make([]int, 6)
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, ports[i] = hostPort(t, ln.Addr().String())
-		ln.Close()
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-	cmd := exec.Command(bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
-		"-http-port", strconv.Itoa(ports[0]), "-dns-port", strconv.Itoa(ports[1]), "-server-port", strconv.Itoa(ports[2]),
-		"-serf-lan-port", strconv.Itoa(ports[3]), "-serf-wan-port", strconv.Itoa(ports[4]), "-grpc-port", strconv.Itoa(ports[5]))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if resp, err := hc.Get("http://" + addr + "/v1/status/leader"); err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == 200 && len(b) > 4 {
-				return addr
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the dev agent has no leader after 20s")
-		}
-	}
-}
-
 // TestConsulRealAgent runs the follow scenario against a real dev agent
 // when a consul binary is on PATH.
 func TestConsulRealAgent(t *testing.T) {
@@ -502,7 +549,7 @@ func TestConsulRealAgent(t *testing.T) {
 	if err != nil {
 		t.Skip("no consul binary on PATH: the real-agent scenario is skipped (the stand-in covers it)")
 	}
-	httpAddr := startDevAgent(t, bin)
+	httpAddr := consultest.StartDev(t, bin)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	put := func(path, body string) {
 		t.Helper()

@@ -115,6 +115,9 @@ func TestFleetPropagation(t *testing.T) {
 	defer be.Close()
 	fl := startFleet(t, []string{agent.Addr(), agent.Addr(), agent.Addr()}, be.Addr())
 
+	// Every figure is taken from just before the edit call: the call
+	// itself (read, check-and-set, read back) is part of what an operator
+	// waits for.
 	var lat, editLat []time.Duration
 	for i, m := range fl {
 		id := fmt.Sprintf("x%d", i)
@@ -122,44 +125,47 @@ func TestFleetPropagation(t *testing.T) {
 		if err := m.s.AddHost("u", "p", control.HostSpec{ID: id, Address: fmt.Sprintf("127.0.1.%d:7", i+1), Weight: 1}); err != nil {
 			t.Fatalf("edit on %d: %v", i, err)
 		}
-		start := time.Now()
-		editLat = append(editLat, start.Sub(t0))
+		editLat = append(editLat, time.Since(t0))
 		if !hasHost(m.s, id) {
 			t.Fatalf("instance %d: its own edit is not in force when the call returns", i)
 		}
 		for j, o := range fl {
 			if j != i {
 				waitFor(t, 10*time.Second, fmt.Sprintf("host %s on instance %d", id, j), func() bool { return hasHost(o.s, id) })
-				lat = append(lat, time.Since(start))
+				lat = append(lat, time.Since(t0))
 			}
 		}
 	}
 	// Manual states are shared: down on instance 2, seen on 0 and 1.
+	t0 := time.Now()
 	if err := fl[2].s.HostAction("u", "p", "b", control.ActionDown); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
 	for j := range 2 {
 		waitFor(t, 10*time.Second, "b manual_down", func() bool { return hostsOf(fl[j].s, "u")["p/b"].State == pool.StateManualDown })
-		lat = append(lat, time.Since(start))
+		lat = append(lat, time.Since(t0))
 	}
 
-	// Through a real control socket (curl if there is one).
+	// Through a real control socket (curl if there is one; its start is
+	// in the figure).
 	sock := filepath.Join(t.TempDir(), "ctl.sock")
 	stopCtl := serveControl(t, fl[1].s, sock)
 	defer stopCtl()
+	t0 = time.Now()
 	code, body := ctlPost(t, sock, "/v1/upstreams/u/pools/p/hosts", `{"id":"sock","address":"127.0.2.1:7"}`)
 	if code != http.StatusCreated {
 		t.Fatalf("POST over the socket: %d %s", code, body)
 	}
-	start = time.Now()
+	var sockLat []time.Duration
 	for _, j := range []int{0, 2} {
 		waitFor(t, 10*time.Second, "host sock", func() bool { return hasHost(fl[j].s, "sock") })
-		lat = append(lat, time.Since(start))
+		sockLat = append(sockLat, time.Since(t0))
 	}
+	lat = append(lat, sockLat...)
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	t.Logf("edit calls (read, check-and-set, read back): %v", editLat)
-	t.Logf("edit seen on the other instances after the call returned: %d samples, min %s, median %s, max %s (blocking wait 5s: one round trip)",
+	t.Logf("over the control socket: seen on the other two %v after the request started", sockLat)
+	t.Logf("edit seen on the other instances, from before the call: %d samples, min %s, median %s, max %s (blocking wait 5s: one round trip)",
 		len(lat), lat[0], lat[len(lat)/2], lat[len(lat)-1])
 	if lat[len(lat)-1] > time.Second {
 		t.Errorf("slowest propagation %s: not one blocking round trip", lat[len(lat)-1])
@@ -269,7 +275,7 @@ func TestFleetPartition(t *testing.T) {
 	}
 	defer be.Close()
 	cut := startCutter(t, agent.Addr())
-	fl := startFleet(t, []string{agent.Addr(), agent.Addr(), cut.addr()}, be.Addr())
+	fl := startFleet(t, []string{agent.Addr(), agent.Addr(), cut.Addr()}, be.Addr())
 	// Hash: make every client land on the echo host "a" for the traffic check.
 	for _, id := range []string{"b", "c"} {
 		if err := fl[0].s.HostAction("u", "p", id, control.ActionDown); err != nil {
@@ -280,7 +286,7 @@ func TestFleetPartition(t *testing.T) {
 		return hostsOf(fl[2].s, "u")["p/c"].State == pool.StateManualDown
 	})
 
-	cut.set(true)
+	cut.Cut()
 	waitFor(t, 10*time.Second, "instance 2 out of sync", func() bool { return !fl[2].s.StoreStatus().InSync })
 	err = fl[2].s.AddHost("u", "p", control.HostSpec{ID: "lost", Address: "127.0.4.1:7"})
 	if !errors.Is(err, control.ErrUnavailable) || !strings.Contains(err.Error(), "cannot be reached") {
@@ -309,7 +315,7 @@ func TestFleetPartition(t *testing.T) {
 	// Restart while cut off: the last-known-good copy (b, c down), edits
 	// refused.
 	fl[2].stop()
-	m := startMember(t, cut.addr(), be.Addr(), fl[2].dir)
+	m := startMember(t, cut.Addr(), be.Addr(), fl[2].dir)
 	if st := m.s.StoreStatus(); st.Source != "last_known_good" || st.InSync || st.Edits != 2 {
 		t.Errorf("restarted while cut off: %+v", st)
 	}
@@ -323,7 +329,7 @@ func TestFleetPartition(t *testing.T) {
 		t.Fatalf("traffic after the restart: %v", err)
 	}
 
-	cut.set(false)
+	cut.Heal()
 	d := waitFor(t, 10*time.Second, "convergence after the partition", func() bool { return hasHost(m.s, "new") })
 	waitFor(t, 10*time.Second, "in sync", func() bool { return m.s.StoreStatus().InSync })
 	t.Logf("converged %s after the partition healed (backoff_max 200ms); status %+v", d, m.s.StoreStatus())
@@ -380,83 +386,16 @@ func TestFleetHashSame(t *testing.T) {
 	}
 }
 
-// cutter is a TCP relay to the agent that can cut an instance off: every
-// connection closed, new ones reset.
-type cutter struct {
-	ln   net.Listener
-	to   string
-	mu   sync.Mutex
-	down bool
-	open map[net.Conn]bool
-	wg   sync.WaitGroup
-}
-
-func startCutter(t *testing.T, to string) *cutter {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// startCutter puts a relay that can cut an instance off between it and
+// the agent at to, until the test ends.
+func startCutter(t *testing.T, to string) *consultest.Relay {
+	t.Helper()
+	r, err := consultest.NewRelay(to)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cutter{ln: ln, to: to, open: map[net.Conn]bool{}}
-	c.wg.Add(1)
-	go c.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		c.set(true)
-		c.wg.Wait()
-	})
-	return c
-}
-
-func (c *cutter) addr() string { return c.ln.Addr().String() }
-
-func (c *cutter) set(down bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.down = down
-	if down {
-		for x := range c.open {
-			x.Close()
-		}
-	}
-}
-
-func (c *cutter) accept() {
-	defer c.wg.Done()
-	for {
-		in, err := c.ln.Accept()
-		if err != nil {
-			return
-		}
-		c.mu.Lock()
-		if c.down {
-			c.mu.Unlock()
-			in.(*net.TCPConn).SetLinger(0)
-			in.Close()
-			continue
-		}
-		out, err := net.Dial("tcp", c.to)
-		if err != nil {
-			c.mu.Unlock()
-			in.Close()
-			continue
-		}
-		c.open[in], c.open[out] = true, true
-		c.mu.Unlock()
-		c.wg.Add(2)
-		go c.pipe(in, out)
-		go c.pipe(out, in)
-	}
-}
-
-func (c *cutter) pipe(dst, src net.Conn) {
-	defer c.wg.Done()
-	io.Copy(dst, src)
-	dst.Close()
-	src.Close()
-	c.mu.Lock()
-	delete(c.open, dst)
-	delete(c.open, src)
-	c.mu.Unlock()
+	t.Cleanup(r.Close)
+	return r
 }
 
 // serveControl serves s's control API on a Unix socket.
@@ -509,7 +448,7 @@ func TestFleetRealAgent(t *testing.T) {
 	if err != nil {
 		t.Skip("no consul binary on PATH: the real-agent fleet scenario is skipped (the stand-in covers it)")
 	}
-	addr := startDevAgent(t, bin)
+	addr := consultest.StartDev(t, bin)
 	fl := startFleet(t, []string{addr, addr, addr}, "127.0.0.1:7")
 	for _, m := range fl {
 		waitFor(t, 5*time.Second, "first read", func() bool { return m.s.StoreStatus().InSync })
@@ -517,10 +456,10 @@ func TestFleetRealAgent(t *testing.T) {
 	var lat []time.Duration
 	for i, m := range fl {
 		id := fmt.Sprintf("r%d", i)
+		start := time.Now() // before the call, as in TestFleetPropagation
 		if err := m.s.AddHost("u", "p", control.HostSpec{ID: id, Address: fmt.Sprintf("127.0.6.%d:7", i+1), Weight: 1}); err != nil {
 			t.Fatalf("edit on %d: %v", i, err)
 		}
-		start := time.Now()
 		for j, o := range fl {
 			if j != i {
 				waitFor(t, 5*time.Second, "propagation", func() bool { return hasHost(o.s, id) })
@@ -528,7 +467,7 @@ func TestFleetRealAgent(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("real agent: edit seen on the other instances in %v", lat)
+	t.Logf("real agent: edit seen on the other instances %v after the call started", lat)
 	// A stale index is refused by the real agent too.
 	if err := fl[0].s.fleet.Commit(context.Background(), encodeJournal(nil), fl[0].s.StoreStatus().Index-1); err == nil {
 		t.Fatal("check-and-set with a stale index succeeded")

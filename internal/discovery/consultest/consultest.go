@@ -15,6 +15,10 @@
 // if absent), else false. A blocking KV query wakes on any change, not only
 // its key's: Consul allows that, and a client must cope with it.
 //
+// Beside it: Relay (relay.go) stands between one client and an agent and
+// can cut that client off, a partition the others do not see; StartDev
+// (dev.go) runs a real agent instead, for tests that have a consul binary.
+//
 // It is not Consul: no catalog endpoints, no recursive or prefix KV reads, no ACLs, no datacenters (the dc
 // asked for is only recorded), no sorting by ?near.
 package consultest
@@ -78,10 +82,18 @@ type Agent struct {
 	barrier *barrier // KV PUTs held back until this many have arrived; nil = none
 
 	requests atomic.Int64
+	blocked  atomic.Int64 // queries waiting in block now
 	kvGets   atomic.Int64
 	kvPuts   atomic.Int64
 	lastMu   sync.Mutex
 	last     url.Values // the last query's parameters
+	byWatch  map[string]*QueryCount
+}
+
+// QueryCount counts the health queries of one watch.
+type QueryCount struct {
+	Total int64 // every query
+	First int64 // queries with no index (or 0): a watcher starting, or starting over
 }
 
 // New starts an agent on 127.0.0.1 with index 1 and no services.
@@ -107,7 +119,8 @@ func NewAt(addr string) (*Agent, error) {
 }
 
 func newAgent() *Agent {
-	return &Agent{index: 1, services: map[string][]Instance{}, kv: map[string]*kvEntry{}, changed: make(chan struct{}), closed: make(chan struct{})}
+	return &Agent{index: 1, services: map[string][]Instance{}, kv: map[string]*kvEntry{}, changed: make(chan struct{}), closed: make(chan struct{}),
+		byWatch: map[string]*QueryCount{}}
 }
 
 // Addr is host:port of the agent's HTTP API.
@@ -128,6 +141,44 @@ func (a *Agent) Close() {
 
 // Requests counts the health queries received.
 func (a *Agent) Requests() int64 { return a.requests.Load() }
+
+// Blocked counts the queries (health or KV) held in a blocking wait right
+// now: a test that needs a watcher parked before it changes something waits
+// for this to rise, instead of sleeping.
+func (a *Agent) Blocked() int64 { return a.blocked.Load() }
+
+// Queries counts the health queries received for one watch, named as
+// discovery.Watch.Key names it: "svc?dc=dc2&passing=1&tag=a&tag=b" (the
+// service, then whichever of dc, near, passing and tag were sent, sorted).
+// Two pools that share a watcher show up as one watch.
+func (a *Agent) Queries(watch string) QueryCount {
+	a.lastMu.Lock()
+	defer a.lastMu.Unlock()
+	if c := a.byWatch[watch]; c != nil {
+		return *c
+	}
+	return QueryCount{}
+}
+
+// watchOf names the watch a health query is for, as discovery.Watch.Key.
+func watchOf(service string, q url.Values) string {
+	v := url.Values{}
+	for _, t := range q["tag"] {
+		v.Add("tag", t)
+	}
+	for _, k := range []string{"dc", "near"} {
+		if q.Get(k) != "" {
+			v.Set(k, q.Get(k))
+		}
+	}
+	if q.Has("passing") {
+		v.Set("passing", "1")
+	}
+	if len(v) == 0 {
+		return url.PathEscape(service)
+	}
+	return url.PathEscape(service) + "?" + v.Encode()
+}
 
 // LastQuery returns the parameters of the last query.
 func (a *Agent) LastQuery() url.Values {
@@ -243,6 +294,16 @@ func (a *Agent) serve(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	a.lastMu.Lock()
 	a.last = q
+	watch := watchOf(service, q)
+	c := a.byWatch[watch]
+	if c == nil {
+		c = &QueryCount{}
+		a.byWatch[watch] = c
+	}
+	c.Total++
+	if i := q.Get("index"); i == "" || i == "0" {
+		c.First++
+	}
 	a.lastMu.Unlock()
 
 	fault := a.misbehave(w, r)
@@ -320,6 +381,7 @@ func (a *Agent) block(r *http.Request, q url.Values, fault Fault) uint64 {
 	a.mu.Lock()
 	if fault != ZeroIndex && want > 0 && a.index <= want {
 		ch := a.changed
+		a.blocked.Add(1)
 		a.mu.Unlock()
 		t := time.NewTimer(wait)
 		select {
@@ -330,6 +392,7 @@ func (a *Agent) block(r *http.Request, q url.Values, fault Fault) uint64 {
 		}
 		t.Stop()
 		a.mu.Lock()
+		a.blocked.Add(-1)
 	}
 	index := a.index
 	a.mu.Unlock()
