@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l4lb/l4lb/internal/testbackend"
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 )
@@ -122,9 +123,7 @@ func (h *harness) curl(t *testing.T, method, path, body string) (int, string) {
 }
 
 func needCurl(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl not installed (apt-get install -y curl)")
-	}
+	testbackend.Tool(t, "curl")
 }
 
 func TestCurlEndToEnd(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/l4lb/l4lb/internal/testbackend"
 	"github.com/rs/zerolog"
 )
 
@@ -91,9 +92,7 @@ func TestOtherUID(t *testing.T) {
 		t.Skip("needs root to run curl as nobody")
 	}
 	needCurl(t)
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("setpriv not installed")
-	}
+	testbackend.Tool(t, "setpriv")
 	asNobody := func(sock string) (int, string) {
 		out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
 			"curl", "-sS", "--max-time", "5", "--unix-socket", sock, "http://l4lb/v1/status").CombinedOutput()

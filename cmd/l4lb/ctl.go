@@ -560,7 +560,7 @@ func storeLine(st control.StoreStatus) string {
 		why = append(why, "serving "+dash(st.Source))
 	}
 	if st.Failures > 0 {
-		why = append(why, fmt.Sprintf("%d failures", st.Failures))
+		why = append(why, plural(st.Failures, "failure"))
 	}
 	if st.LastError != "" {
 		why = append(why, st.LastError)
@@ -654,4 +654,12 @@ func age(t, now time.Time) string {
 		return fmt.Sprintf("%dh%dm", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+// plural renders n things: "1 failure", "3 failures".
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }

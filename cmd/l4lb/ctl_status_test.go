@@ -106,7 +106,7 @@ func TestStoreLine(t *testing.T) {
 			`store: consul l4lb/prod/edits index 790, 3 edits, NOT in sync: 4 failures; Get "http://127.0.0.1:8500/v1/kv/l4lb/prod/edits": connection refused; last answer 1m3s ago`},
 		{"started cut off", control.StoreStatus{Kind: "consul", Key: "l4lb/prod/edits", Source: "last_known_good", Index: 790, Edits: 2, Failures: 1,
 			LastError: "connection refused"},
-			"store: consul l4lb/prod/edits index 790, 2 edits, NOT in sync: serving last_known_good; 1 failures; connection refused"},
+			"store: consul l4lb/prod/edits index 790, 2 edits, NOT in sync: serving last_known_good; 1 failure; connection refused"},
 		{"nothing read yet", control.StoreStatus{Kind: "consul", Key: "l4lb/prod/edits", Source: "none"},
 			"store: consul l4lb/prod/edits index 0, 0 edits, NOT in sync: serving none"},
 	} {

@@ -322,10 +322,7 @@ func TestSigtermAlwaysCleanStop(t *testing.T) {
 
 // TestSystemdAnalyzeVerify checks the unit files with systemd's own linter.
 func TestSystemdAnalyzeVerify(t *testing.T) {
-	bin, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze not installed (apt-get install systemd)")
-	}
+	bin := testbackend.Tool(t, "systemd-analyze")
 	unit, err := filepath.Abs("../../dist/systemd/l4lb.service")
 	if err != nil {
 		t.Fatal(err)

@@ -146,16 +146,32 @@ func Source(data []byte) Handler {
 func Silent(c *net.TCPConn) { io.Copy(io.Discard, c) }
 
 // Refuser returns an address on which nothing listens: connects get an
-// immediate RST ("connection refused").
+// immediate RST ("connection refused"). The port is held, bound but not
+// listening, until the test ends, so no other Refuser (or backend) of the
+// run is given it; closing a listener and handing out its address instead
+// let two Refusers share a port (a "duplicate host id" flake). The socket
+// is bound without SO_REUSEADDR, so the kernel's port choice treats the
+// port as taken, then marked SO_REUSEADDR, so that a test may still bring
+// the host up by listening on the address (StartAt): Linux lets a listener
+// bind beside sockets that all set SO_REUSEADDR and none listens.
 func Refuser(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return (&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: sa.(*unix.SockaddrInet4).Port}).String()
 }
 
 // Blackhole returns the address of a listener whose accept queue is full and

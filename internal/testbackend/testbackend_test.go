@@ -20,10 +20,31 @@ func TestBlackholeTimesOut(t *testing.T) {
 }
 
 func TestRefuserRefuses(t *testing.T) {
-	_, err := net.DialTimeout("tcp", Refuser(t), time.Second)
+	addr := Refuser(t)
+	_, err := net.DialTimeout("tcp", addr, time.Second)
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("dial refuser: %v, want ECONNREFUSED", err)
 	}
+	// Every Refuser of a run is its own port, however many there are.
+	seen := map[string]bool{addr: true}
+	for i := range 2000 {
+		a := Refuser(t)
+		if seen[a] {
+			t.Fatalf("Refuser %d returned %s again", i, a)
+		}
+		seen[a] = true
+	}
+	// And the host can be brought up where it refused.
+	s, err := StartAt(addr, Echo)
+	if err != nil {
+		t.Fatalf("listening where a Refuser was: %v", err)
+	}
+	defer s.Close()
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatalf("dial after StartAt: %v", err)
+	}
+	c.Close()
 }
 
 func TestTagger(t *testing.T) {
