@@ -390,7 +390,7 @@ func TestEngineUnix(t *testing.T) {
 	defer client.Close()
 	defer c.Close()
 	sess := New(a, s, Options{IdleTimeout: 10 * time.Second})
-	if fd, ok := sockFD(s); !ok || fd < 0 {
+	if !spliceable(s) {
 		t.Fatal("unix conn not taken by the engine")
 	}
 	res := make(chan Result, 1)
