@@ -2,6 +2,7 @@ package splice
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"os"
 	"runtime"
@@ -18,24 +19,19 @@ import (
 // moves bytes when epoll says a socket is ready. An idle session costs its
 // two sockets and its state (a few hundred bytes), no goroutine stack.
 //
-// Waiting. A loop's goroutine blocks in epoll_wait(2), with the time to its
-// nearest timer as the timeout, as nginx's event loop does: one syscall per
-// wake-up. (Parking it on Go's netpoller instead, with the epoll fd as a
-// pollable file, costs a netpoll epoll_wait and the loop's own
-// epoll_wait(0) on every wake-up. Measured interleaved on a busy 2-core
-// machine, redis GET pipeline 1 through l4lb: 4.9-7.6 syscalls per request,
-// 0.6-3.0 of them epoll_wait, against 4.65-5.2 and 0.33-0.93 this way.)
-//
-// Sockets. The engine takes over each socket's file description: it dups
-// the fd and closes the net.Conn, which removes the socket from Go's
-// netpoller. Left there, every event on it would also wake the runtime's
-// netpoll thread, which has nothing to run: an extra epoll_wait per event.
-// From then on the session shuts, lingers and closes the dup itself.
+// Waiting. A loop's epoll fd is itself pollable: it is readable when it has
+// events. The loop hands it to Go's netpoller (os.NewFile) and waits on it
+// with RawConn.Read, so it parks like any goroutine waiting for a socket,
+// holds no thread while idle, and wakes through the scheduler rather than
+// from a blocking epoll_wait that the runtime would have to hand its P away
+// from. Its timers are the read deadline of that file. Go's netpoller also
+// keeps its own (unused) registration of every socket: those events arrive
+// together with the epoll fd's, so they cost no extra wake-up.
 //
 // Edges. Sockets are registered edge-triggered with EPOLLRDHUP, and the loop
 // sees each event's flags, which Go's netpoller does not pass on. That is
 // what allows the small-message path to stop after a short read (see
-// loop.pump).
+// flow.pump).
 
 const maxEvents = 128
 
@@ -95,7 +91,7 @@ func newEngine(n int) (*engine, error) {
 		l, err := newLoop()
 		if err != nil {
 			for _, l := range e.loops {
-				unix.Close(l.epfd)
+				l.file.Close() // ends its goroutine
 				unix.Close(l.evfd)
 			}
 			return nil, err
@@ -116,16 +112,20 @@ func (e *engine) pick() *loop {
 type loop struct {
 	epfd int
 	evfd int
+	file *os.File // epfd, registered with Go's netpoller
+	rc   syscall.RawConn
 
 	mu    sync.Mutex
 	cmds  []command
 	woken bool // an eventfd write is on its way: later commands need not write
 
+	pollFn func(uintptr) bool
 	spare  []command
 	sess   []*Session // by slot; nil = free
 	gen    []uint32   // by slot: bumped when a slot is freed
 	free   []int32
 	timers timerHeap
+	armed  int64 // deadline in force on file (mono ns); 0 none, -1 unknown
 	now    int64 // mono ns, taken once per batch of events
 	events [maxEvents]unix.EpollEvent
 }
@@ -156,15 +156,46 @@ func newLoop() (*loop, error) {
 		unix.Close(evfd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	return &loop{epfd: epfd, evfd: evfd}, nil
+	// os.NewFile registers a non-blocking fd with the netpoller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	l := &loop{epfd: epfd, evfd: evfd, file: os.NewFile(uintptr(epfd), "splice-epoll")}
+	rc, err := l.file.SyscallConn()
+	if err != nil {
+		l.file.Close()
+		unix.Close(evfd)
+		return nil, err
+	}
+	l.rc = rc
+	l.pollFn = l.poll
+	return l, nil
 }
 
-// run is the body of a loop's goroutine: wait for events or the nearest
-// timer, handle them, forever.
+// run is the body of a loop's goroutine.
 func (l *loop) run() {
-	wait := -1
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events[:], wait)
+		err := l.rc.Read(l.pollFn)
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return // the file was closed (newEngine failed half-way)
+		}
+		// The nearest timer is due. The file's deadline is in the
+		// past now and must be moved before the next Read.
+		l.now = mono()
+		l.expire()
+		l.armed = -1
+		l.arm()
+	}
+}
+
+// poll is the RawConn.Read callback: it handles every event ready now, then
+// returns false to wait for the next (true never: run's Read only returns
+// on the deadline or close).
+func (l *loop) poll(uintptr) bool {
+	for {
+		n, err := unix.EpollWait(l.epfd, l.events[:], 0)
 		if err == unix.EINTR {
 			continue
 		}
@@ -185,25 +216,33 @@ func (l *loop) run() {
 			l.commands()
 		}
 		l.expire()
-		wait = l.timeout(n)
+		// Fewer events than asked for means epoll had no more ready.
+		// Any later one makes the epoll fd readable again and wakes the
+		// netpoller (the epoll fd is edge-triggered there too, and each
+		// new event is a new edge), so there is no need to ask again.
+		if n < len(l.events) {
+			break
+		}
 	}
+	l.arm()
+	return false
 }
 
-// timeout returns epoll_wait's timeout (ms) for the next wait: 0 if the
-// last wait filled the event array (more may be ready), else the time to
-// the nearest timer rounded up, -1 for none.
-func (l *loop) timeout(n int) int {
-	if n == len(l.events) {
-		return 0
+// arm sets the file's read deadline to the nearest timer.
+func (l *loop) arm() {
+	var next int64
+	if len(l.timers) > 0 {
+		next = l.timers[0].eng.timerAt
 	}
-	if len(l.timers) == 0 {
-		return -1
+	if next == l.armed {
+		return
 	}
-	d := l.timers[0].eng.timerAt - mono()
-	if d <= 0 {
-		return 0
+	l.armed = next
+	if next == 0 {
+		l.file.SetReadDeadline(time.Time{})
+		return
 	}
-	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+	l.file.SetReadDeadline(epoch.Add(time.Duration(next)))
 }
 
 // send queues c for the loop and wakes it if it may be waiting.
@@ -235,8 +274,12 @@ func (l *loop) commands() {
 		c := cmds[i]
 		cmds[i] = command{}
 		if c.abort {
-			if c.s.eng.registered() {
+			switch {
+			case c.s.eng.registered():
 				l.end(c.s, EndAborted, nil, c.reason, nil)
+			case c.s.goroutine():
+				// add could not register it: the copier runs it.
+				c.s.finish(EndAborted, nil, c.reason, nil)
 			}
 			continue
 		}
@@ -274,14 +317,19 @@ func (l *loop) add(s *Session) {
 			Pad:    int32(l.gen[slot]),
 		}
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, e.sides[i].fd, &ev); err != nil {
-			// ENOMEM, ENOSPC (max_user_watches): the net.Conns are
-			// gone already, so no fallback; close both.
+			// ENOMEM, ENOSPC (max_user_watches): this session goes to
+			// the goroutine copier instead.
 			if i == 1 {
 				unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, e.sides[0].fd, nil)
 			}
 			l.freeSlot(slot)
 			e.slot = -1
-			l.end(s, EndError, os.NewSyscallError("epoll_ctl", err), "", nil)
+			done := e.done
+			e.done = nil
+			s.mu.Lock()
+			s.mode = modeGoroutine
+			s.mu.Unlock()
+			go runFallback(s, done)
 			return
 		}
 	}
@@ -382,11 +430,13 @@ func (l *loop) end(s *Session, how End, err error, reason string, reset *side) {
 	for i := range e.flows {
 		e.flows[i].release(s.opt.Pipes)
 	}
-	if reset != nil && reset.tcp {
-		unix.SetsockoptLinger(reset.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	if reset != nil {
+		if sl, ok := reset.c.(interface{ SetLinger(int) error }); ok {
+			sl.SetLinger(0)
+		}
 	}
-	unix.Close(e.sides[0].fd)
-	unix.Close(e.sides[1].fd)
+	s.a.Close()
+	s.b.Close()
 	s.over.Store(true)
 	res := Result{End: how, Err: err, Reason: reason, Spliced: s.spliced.Load()}
 	res.AToB, res.BToA = s.Bytes()
@@ -413,74 +463,58 @@ type engState struct {
 
 func (e *engState) registered() bool { return e.slot >= 0 }
 
-// side is one socket of a session: a dup of its net.Conn's fd (see the
-// top of this file).
 type side struct {
-	fd  int
-	tcp bool // SO_LINGER 0 makes a reset
+	c  net.Conn // closed, shut and lingered through its methods
+	fd int
 }
 
-// takeFD returns a dup of c's socket fd when c is a connection type whose
-// sockets splice(2) and the engine accept. Wrappers are not unwrapped here:
-// callers pass the raw *net.TCPConn so that this path stays on. c itself
-// stays open: the caller closes it once the session owns the dup.
-func takeFD(c net.Conn) (fd int, tcp bool, ok bool) {
+// sockFD returns c's socket fd when c is a connection type whose sockets
+// splice(2) and the engine accept. Wrappers are not unwrapped here: callers
+// pass the raw *net.TCPConn so that this path stays on. The fd stays owned
+// by c; the session closes it with c.Close.
+func sockFD(c net.Conn) (int, bool) {
 	var rc syscall.RawConn
 	var err error
 	switch c := c.(type) {
 	case *net.TCPConn:
 		rc, err = c.SyscallConn()
-		tcp = true
 	case *net.UnixConn:
 		rc, err = c.SyscallConn()
 	default:
-		return -1, false, false
+		return 0, false
 	}
 	if err != nil {
-		return -1, false, false
+		return 0, false
 	}
-	fd = -1
-	cerr := rc.Control(func(f uintptr) {
-		// The dup shares the file description, O_NONBLOCK included.
-		fd, err = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
-	})
-	if cerr != nil || err != nil {
-		return -1, false, false
+	fd := -1
+	if rc.Control(func(f uintptr) { fd = int(f) }) != nil || fd < 0 {
+		return 0, false
 	}
-	return fd, tcp, true
+	return fd, true
 }
 
 // startEngine hands s to a loop. It returns false when s cannot run there:
 // a side is not a TCP or unix socket, or there is no engine.
 func (s *Session) startEngine(done func(Result)) bool {
-	if !spliceable(s.a) || !spliceable(s.b) {
+	fa, ok := sockFD(s.a)
+	if !ok {
+		return false
+	}
+	fb, ok := sockFD(s.b)
+	if !ok {
 		return false
 	}
 	eng, err := defaultEngine()
 	if err != nil {
 		return false
 	}
-	fa, tcpA, ok := takeFD(s.a)
-	if !ok {
-		return false
-	}
-	fb, tcpB, ok := takeFD(s.b)
-	if !ok {
-		unix.Close(fa)
-		return false
-	}
-	// The session owns the sockets through the dups from here on. Closing
-	// the net.Conns takes the sockets out of Go's netpoller (and the
-	// originals' fds are closed; the sockets stay open).
-	s.a.Close()
-	s.b.Close()
 	l := eng.pick()
 	e := &s.eng
 	e.done = done
 	e.slot = -1
 	e.hidx = -1
-	e.sides[0] = side{fd: fa, tcp: tcpA}
-	e.sides[1] = side{fd: fb, tcp: tcpB}
+	e.sides[0] = side{c: s.a, fd: fa}
+	e.sides[1] = side{c: s.b, fd: fb}
 	e.flows[0] = flow{src: &e.sides[0], dst: &e.sides[1], n: &s.aToB, srcEnd: EndResetA, dstEnd: EndResetB}
 	e.flows[1] = flow{src: &e.sides[1], dst: &e.sides[0], n: &s.bToA, srcEnd: EndResetB, dstEnd: EndResetA}
 	// Sent under s.mu, so an Abort that sees modeEngine queues its
@@ -492,12 +526,10 @@ func (s *Session) startEngine(done func(Result)) bool {
 	return true
 }
 
-func spliceable(c net.Conn) bool {
-	switch c.(type) {
-	case *net.TCPConn, *net.UnixConn:
-		return true
-	}
-	return false
+func (s *Session) goroutine() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mode == modeGoroutine
 }
 
 // abortEngine asks loop l, which runs s, to abort it.

@@ -390,7 +390,7 @@ func TestEngineUnix(t *testing.T) {
 	defer client.Close()
 	defer c.Close()
 	sess := New(a, s, Options{IdleTimeout: 10 * time.Second})
-	if !spliceable(s) {
+	if fd, ok := sockFD(s); !ok || fd < 0 {
 		t.Fatal("unix conn not taken by the engine")
 	}
 	res := make(chan Result, 1)

@@ -144,16 +144,14 @@ func (s *Session) Run() Result {
 
 // Start starts the session and returns at once. done is called exactly
 // once, when both directions are done or the session failed, after both
-// sockets are closed. It is called from the engine's goroutine, which
+// connections are closed. It is called from the engine's goroutine, which
 // serves many sessions: it must not block for long (a log line, a counter,
 // a channel send with room are fine).
 //
 // On Linux, when both connections are *net.TCPConn or *net.UnixConn, the
 // session runs on the package's engine, which needs no goroutine per
-// session. It takes the sockets over: Start closes both net.Conns at once
-// (their sockets stay open, held by the session through dups of their fds),
-// so the caller must not use them after Start. Otherwise, or if the engine
-// cannot start (out of fds), a goroutine copier runs the session.
+// session. Otherwise, or if the engine cannot start (out of fds), a
+// goroutine copier runs it.
 func (s *Session) Start(done func(Result)) {
 	if s.startEngine(done) {
 		return

@@ -283,10 +283,12 @@ func (l *loop) flush(s *Session, f *flow) bool {
 func (l *loop) srcEOF(s *Session, f *flow) bool {
 	f.eof = true
 	f.readable = false
-	if err := unix.Shutdown(f.dst.fd, unix.SHUT_WR); err != nil {
-		// ENOTCONN and the like: dst is gone; reset src as well.
-		l.end(s, f.dstEnd, os.NewSyscallError("shutdown", err), "", f.src)
-		return false
+	if cw, ok := f.dst.c.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil {
+			// ENOTCONN and the like: dst is gone; reset src as well.
+			l.end(s, f.dstEnd, err, "", f.src)
+			return false
+		}
 	}
 	e := &s.eng
 	e.halfDone = true
