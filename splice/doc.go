@@ -8,14 +8,28 @@
 //	res := s.Run() // blocks; both conns are closed when it returns
 //	log.Printf("%d up, %d down, ended: %s", res.AToB, res.BToA, res.End)
 //
+// or, without a goroutine waiting for it:
+//
+//	s.Start(func(res splice.Result) { ... }) // returns at once
+//
 // What it does:
 //
-//   - On Linux, when both ends are *net.TCPConn or *net.UnixConn, bytes move
-//     with splice(2) through a pipe and never enter user space. Unlike Go's own
-//     io.Copy splice path, a pipe is taken from a small pool only while bytes
-//     are in flight and given back as soon as the source has no more to read,
-//     so an idle connection costs its two sockets and no pipe fds.
-//     Elsewhere, or for other net.Conn types, a buffered copy does the same job.
+//   - On Linux, when both ends are *net.TCPConn or *net.UnixConn, the session
+//     runs on the package's engine: a few epoll event loops (one per CPU,
+//     started at the first session or by StartEngine) that serve every
+//     session, so a session needs no goroutine of its own. Start's done
+//     function is called from a loop's goroutine and must not block for long.
+//     Abort works from any goroutine.
+//   - Bulk bytes move with splice(2) through a pipe and never enter user
+//     space. Unlike Go's own io.Copy splice path, a pipe is taken from a small
+//     pool only while bytes are in flight and given back as soon as the source
+//     has no more to read, so an idle connection costs its two sockets and no
+//     pipe fds. Small messages go through read(2)/write(2) and a pooled
+//     buffer, held likewise only while bytes are pending, and a short read is
+//     not followed by a read to EAGAIN: the loop sees epoll's EPOLLRDHUP and
+//     EPOLLHUP flags, which Go's netpoller hides.
+//   - Elsewhere, or for other net.Conn types, a goroutine copier (a goroutine
+//     per direction and a buffered copy) does the same job.
 //   - Half-close is passed through: EOF from one side becomes CloseWrite on the
 //     other, and the other direction keeps flowing.
 //   - A reset is passed through: ECONNRESET reading one side (or EPIPE/ECONNRESET

@@ -55,7 +55,8 @@ type Result struct {
 	Spliced    bool   // at least one direction used splice(2)
 }
 
-// Session copies between two connections. Create with New, run with Run.
+// Session copies between two connections. Create with New, then Run it, or
+// Start it with a function to call when it ends.
 type Session struct {
 	a, b net.Conn
 	opt  Options
@@ -63,19 +64,39 @@ type Session struct {
 	aToB, bToA atomic.Uint64
 	spliced    atomic.Bool
 
+	// eng is the session's state on an engine loop (Linux), owned by the
+	// loop's goroutine once Start has sent it there.
+	eng  engState
+	over atomic.Bool // ended on a loop: Abort has nothing to do
+
 	// last is the time of the last activity in either direction (UnixNano);
 	// limit is the inactivity bound in force (ns, 0 = none). Both are read
-	// when a deadline fires, never on the byte path except the store to last.
+	// when a deadline fires, never on the byte path except the store to
+	// last. The goroutine copier only.
 	last  atomic.Int64
 	limit atomic.Int64
 
-	mu       sync.Mutex // guards deadline arming and the end fields below
+	mu        sync.Mutex // guards the fields below
+	mode      runMode
+	lp        *loop  // the loop running the session (modeEngine)
+	preAbort  bool   // Abort came before Start
+	preReason string // its reason
+	// The goroutine copier's deadline arming and end fields.
 	ended    bool
 	end      End
 	endErr   error
 	reason   string
 	halfDone bool
 }
+
+// runMode says what runs a session.
+type runMode uint8
+
+const (
+	modeNew       runMode = iota // not started
+	modeEngine                   // an engine loop
+	modeGoroutine                // the goroutine copier
+)
 
 // New returns a session for a and b. It starts nothing.
 func New(a, b net.Conn, opt Options) *Session {
@@ -90,14 +111,67 @@ func New(a, b net.Conn, opt Options) *Session {
 // Bytes returns the bytes delivered so far, A to B and B to A.
 func (s *Session) Bytes() (aToB, bToA uint64) { return s.aToB.Load(), s.bToA.Load() }
 
-// Abort ends the session from another goroutine: both sides are closed and
-// Run returns with EndAborted and reason. It does nothing if the session has
-// already ended.
-func (s *Session) Abort(reason string) { s.finish(EndAborted, nil, reason, nil) }
+// Abort ends the session from any goroutine: both sides are closed and the
+// session ends with EndAborted and reason. It does nothing if the session
+// has already ended; before Start, the session ends as soon as it starts.
+func (s *Session) Abort(reason string) {
+	s.mu.Lock()
+	switch s.mode {
+	case modeNew:
+		if !s.preAbort {
+			s.preAbort, s.preReason = true, reason
+		}
+		s.mu.Unlock()
+		return
+	case modeEngine:
+		l := s.lp
+		s.mu.Unlock()
+		s.abortEngine(l, reason)
+		return
+	}
+	s.mu.Unlock()
+	s.finish(EndAborted, nil, reason, nil)
+}
 
 // Run copies both ways until both directions are done or the session fails,
-// closes both connections, and returns what happened. Call it once.
+// closes both connections, and returns what happened. It is Start and a
+// wait. Call Run or Start once.
 func (s *Session) Run() Result {
+	res := make(chan Result, 1)
+	s.Start(func(r Result) { res <- r })
+	return <-res
+}
+
+// Start starts the session and returns at once. done is called exactly
+// once, when both directions are done or the session failed, after both
+// connections are closed. It is called from the engine's goroutine, which
+// serves many sessions: it must not block for long (a log line, a counter,
+// a channel send with room are fine).
+//
+// On Linux, when both connections are *net.TCPConn or *net.UnixConn, the
+// session runs on the package's engine, which needs no goroutine per
+// session. Otherwise, or if the engine cannot start (out of fds), a
+// goroutine copier runs it.
+func (s *Session) Start(done func(Result)) {
+	if s.startEngine(done) {
+		return
+	}
+	s.mu.Lock()
+	s.mode = modeGoroutine
+	pre, reason := s.preAbort, s.preReason
+	s.mu.Unlock()
+	if pre {
+		s.finish(EndAborted, nil, reason, nil)
+	}
+	go runFallback(s, done)
+}
+
+// runFallback is the body of a session run by the goroutine copier, named
+// so stack dumps read well.
+func runFallback(s *Session, done func(Result)) { done(s.run()) }
+
+// run is the goroutine copier: one goroutine per direction.
+func (s *Session) run() Result {
 	now := time.Now()
 	s.last.Store(now.UnixNano())
 	if s.opt.IdleTimeout > 0 {
@@ -224,13 +298,7 @@ type direction struct {
 	srcEnd, dstEnd End // how the session ends when src or dst fails
 }
 
-func (d *direction) run() {
-	handled, err := d.splice()
-	if !handled {
-		err = d.copyBuffer()
-	}
-	d.done(err)
-}
+func (d *direction) run() { d.done(d.copyBuffer()) }
 
 // Errors a copy loop reports to done, carrying which side failed.
 type srcError struct{ err error }
@@ -273,7 +341,8 @@ func (d *direction) done(err error) {
 	}
 }
 
-// copyBuffer is the portable copy: read into a pooled buffer, write it all.
+// copyBuffer is the goroutine copier's loop: read into a pooled buffer,
+// write it all.
 func (d *direction) copyBuffer() error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)

@@ -17,7 +17,10 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The engine's loops live as long as the process, like Go's netpoller.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/l4lb/l4lb/splice.(*loop).run"))
+}
 
 // plain hides the concrete type of a conn so the session must use the
 // portable buffered copy.

@@ -2,9 +2,9 @@ package splice
 
 import (
 	"errors"
-	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -13,274 +13,296 @@ import (
 // chunk is the most one splice(2) call asks for: the pipe's size.
 const chunk = pipeSize
 
-// rawConn returns the syscall.RawConn of c when c is a connection type whose
-// sockets splice(2) accepts. Wrappers are not unwrapped here: callers pass
-// the raw *net.TCPConn so that this path stays on.
-func rawConn(c net.Conn) (syscall.RawConn, bool) {
-	switch c := c.(type) {
-	case *net.TCPConn:
-		rc, err := c.SyscallConn()
-		return rc, err == nil
-	case *net.UnixConn:
-		rc, err := c.SyscallConn()
-		return rc, err == nil
-	}
-	return nil, false
-}
-
 // smallBuf is the buffer of the small-message path: a read that fills it
 // switches the direction to splice(2) for the rest of the burst.
 const smallBuf = 16 << 10
 
 var smallPool = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
 
-// splicer is the state of one direction's splice loop. Its two callbacks are
-// method values made once per direction, so the byte path allocates nothing.
-type splicer struct {
-	d        *direction
-	src, dst syscall.RawConn
-	pipes    *PipePool
-	p        *pipe
-	opErr    error // error from a syscall inside the callbacks
-	eof      bool
-	moved    bool // splice(2) moved bytes at least once
-	noPipe   bool
-	small    bool // small-message mode: read(2)/write(2) through a buffer
-	burst    int  // bytes spliced since this direction last waited
-	wn       int  // bytes left to move from the pipe to dst
-	werr     error
-	readFn   func(uintptr) bool
-	writeFn  func(uintptr) bool
-}
-
-// splice copies src to dst until EOF (nil) or an error.
-// handled == false means no work was done and the caller should fall back to
-// copyBuffer (the conns are not spliceable, or the kernel refused with EINVAL
-// before any byte moved).
+// flow is one direction of an engine session, src to dst, as a state
+// machine driven by epoll events. It has two modes.
 //
-// It has two modes. Bulk mode splices through a pipe until splice(2) says
-// EAGAIN (a short splice is not a sign that the socket is drained: the pipe
-// may have run out of slots). When a whole burst turned out smaller than
-// smallBuf, the direction switches to small-message mode: read(2) into a
+// Bulk mode splices src to a pipe and the pipe to dst, until splice(2) from
+// src says EAGAIN (a short splice is not a sign that the socket is drained:
+// the pipe may have run out of slots). When a whole burst turned out smaller
+// than smallBuf, the flow switches to small-message mode: read(2) into a
 // pooled buffer and write(2) it out, which costs less CPU than moving a few
 // bytes through a pipe (no pipe from the pool, no page references). A read
 // that fills the buffer switches back to bulk mode.
 //
-// Small-message mode still reads until EAGAIN before it waits, although a
-// short TCP read means the receive queue was empty: the read that returns
-// the last bytes may also have consumed a FIN (TCP_INQ would flag that),
-// and bytes followed closely by a RST read as a short read too, with the
-// reset only reported by the next read (TCP_INQ says 0 then: checked on
-// Linux 6.18). Netpoll is edge-triggered and hides the event's flags
-// (EPOLLRDHUP, EPOLLHUP), and both edges can be consumed by the wake-up that
-// led to the short read, so waiting after it could wait forever on a
-// connection that has ended. Saving that read needs an engine that owns its
-// epoll set and sees the flags, as nginx does.
+// Invariants: a pipe is held only while bytes are in flight (from the first
+// splice of a burst to the EAGAIN that ends it, or while dst is full); it
+// is given back to the pool empty, and one that may still hold bytes (dst
+// failed, or the session ended) is closed instead. The small buffer is held
+// only while it holds bytes not yet written. So an idle session holds no
+// pipe and no buffer.
+type flow struct {
+	src, dst       *side
+	n              *atomic.Uint64 // bytes delivered to dst
+	srcEnd, dstEnd End            // how the session ends when src or dst fails
+
+	// readable: src may have bytes (or EOF, or an error) not yet read.
+	// Set by every EPOLLIN-ish event, cleared by EAGAIN or by a short
+	// read in small mode. Reading also stops while dst is full, and this
+	// stays set so reading resumes once the pending bytes are written.
+	readable bool
+	// hup: an event for src carried EPOLLRDHUP, EPOLLHUP or EPOLLERR, so
+	// src must be read until EOF or an error, short reads or not.
+	hup  bool
+	full bool // dst said EAGAIN (or took part of a write): wait for EPOLLOUT
+	eof  bool // src reached EOF and dst's write half was shut
+
+	small    bool // small-message mode
+	noSplice bool // splice refused (EINVAL) or no pipe fd: small mode for good
+	moved    bool // splice(2) moved bytes at least once
+	burst    int  // bytes spliced since src last said EAGAIN
+
+	p        *pipe   // bulk mode: the pipe, holding pn bytes for dst
+	pn       int     //
+	buf      *[]byte // small mode: bytes buf[off:end] are for dst
+	off, end int
+}
+
+// pending reports whether bytes read from src wait to be written to dst.
+func (f *flow) pending() bool { return f.pn > 0 || f.off < f.end }
+
+// release gives back the pipe and the buffer when the session ends.
+func (f *flow) release(pp *PipePool) {
+	if f.p != nil {
+		if f.pn > 0 {
+			pp.discard(f.p)
+		} else {
+			pp.put(f.p)
+		}
+		f.p, f.pn = nil, 0
+	}
+	if f.buf != nil {
+		smallPool.Put(f.buf)
+		f.buf, f.off, f.end = nil, 0, 0
+	}
+}
+
+// pump moves what f can move now: it writes pending bytes to dst, then
+// reads src while it may be readable and dst takes everything. It returns
+// false when the session ended (s is then finished; touch nothing).
 //
-// Invariants: the pipe is empty whenever this direction waits for src to
-// become readable, and it is then given back to the pool, so an idle
-// connection holds no pipe (and no buffer). A pipe is only ever returned to
-// the pool empty; one that may still hold bytes (after an error) is closed
-// instead.
-func (d *direction) splice() (handled bool, err error) {
-	src, ok1 := rawConn(d.src)
-	dst, ok2 := rawConn(d.dst)
-	if !ok1 || !ok2 {
-		return false, nil
-	}
-	sp := &splicer{d: d, src: src, dst: dst, pipes: d.s.opt.Pipes}
-	sp.readFn = sp.read
-	sp.writeFn = sp.writePipe
-	return sp.run()
-}
-
-func (sp *splicer) run() (handled bool, err error) {
-	d := sp.d
+// The syscall this saves: in small mode a read shorter than the buffer
+// means the receive queue was empty at that moment (tcp_recvmsg copies
+// until the queue, backlog included, is exhausted; unix sockets likewise),
+// so f waits for the next edge instead of reading again to EAGAIN. That is
+// safe here, not on Go's netpoller, because of what the loop sees: epoll
+// reports the socket's current mask when events are harvested, so a FIN or
+// RST that had arrived by then shows as EPOLLRDHUP/EPOLLHUP/EPOLLERR on this
+// very event (hup: read on until EOF or the error), and one that arrives
+// after the harvest queues a new event, as any new data does (edge-triggered
+// means every wake-up of the socket makes an edge). Go's netpoller consumes
+// those edges and drops the flags, so a goroutine that waited after a short
+// read could wait forever on a connection that had ended (PERFORMANCE.md,
+// "Tried and not kept").
+func (l *loop) pump(s *Session, f *flow) bool {
 	for {
-		err := sp.src.Read(sp.readFn)
-		switch {
-		case sp.noPipe:
-			// Out of fds for a pipe (EMFILE): the pipe is nil and nothing is
-			// in flight, so the buffered copy can carry on from here.
-			return false, nil
-		case sp.opErr == unix.EINVAL:
-			return false, nil
-		case sp.opErr != nil:
-			if sp.p != nil {
-				// Reading src failed: the pipe was drained before that
-				// read, so it goes back empty.
-				sp.pipes.put(sp.p)
+		if f.pending() {
+			if f.full {
+				return true
 			}
-			return true, d.srcOrDst(sp.opErr)
-		case sp.eof:
-			if sp.p != nil {
-				sp.pipes.put(sp.p)
-			}
-			return true, nil
-		case err == nil:
-			continue
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			if d.s.deadlineHit(d) {
-				return true, errEnded
-			}
-			continue
-		default:
-			if sp.p != nil {
-				sp.pipes.discard(sp.p)
-				sp.p = nil
-			}
-			return true, d.classify(srcError{err})
-		}
-	}
-}
-
-// read is the src.Read callback: it moves what src has, then returns false
-// to wait (after EAGAIN) or true when the direction is over (eof, opErr or
-// noPipe set).
-func (sp *splicer) read(fd uintptr) bool {
-	d := sp.d
-	for {
-		if sp.small {
-			bp := smallPool.Get().(*[]byte)
-			n, err := unix.Read(int(fd), *bp)
-			switch {
-			case err == unix.EINTR:
-				smallPool.Put(bp)
-				continue
-			case err == unix.EAGAIN:
-				smallPool.Put(bp)
+			if !l.flush(s, f) {
 				return false
-			case err != nil:
-				smallPool.Put(bp)
-				sp.opErr = os.NewSyscallError("read", err)
-				return true
-			case n == 0:
-				smallPool.Put(bp)
-				sp.eof = true
-				return true
 			}
-			d.s.touch()
-			werr := d.writeAll((*bp)[:n])
-			smallPool.Put(bp)
-			if werr != nil {
-				sp.opErr = werr
-				return true
-			}
-			if n == smallBuf {
-				sp.small = false // a full buffer: bulk, splice the rest
-				sp.burst = 0
-			}
-			// A short read is not taken as "drained": read again, to
-			// EAGAIN (see splice for why).
-			continue
-		}
-		if sp.p == nil {
-			if sp.p = sp.pipes.get(); sp.p == nil {
-				sp.noPipe = true
+			if f.full {
 				return true
 			}
 		}
-		n, err := unix.Splice(int(fd), nil, sp.p.w, nil, chunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			// src has nothing more now: give the (empty) pipe back
-			// before waiting, so idle connections hold no pipe.
-			sp.pipes.put(sp.p)
-			sp.p = nil
-			if sp.moved && sp.burst < smallBuf {
-				sp.small = true // small messages: read/write from now on
+		if f.eof || !f.readable {
+			return true
+		}
+		if f.small || f.noSplice {
+			if !l.readSmall(s, f) {
+				return false
 			}
-			sp.burst = 0
+			continue
+		}
+		if !l.readSplice(s, f) {
 			return false
-		case err == unix.EINVAL && !sp.moved:
-			sp.opErr = err
-			return true
-		case err != nil:
-			sp.opErr = os.NewSyscallError("splice", err)
-			return true
-		case n == 0:
-			// tcp_splice_read checks SOCK_DONE before sk_err, so a
-			// socket closed by a peer's RST reads as EOF here where
-			// read(2) would say ECONNRESET. SO_ERROR tells them
-			// apart (and a FIN leaves it 0).
-			if e, gerr := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && e != 0 {
-				sp.opErr = os.NewSyscallError("splice", syscall.Errno(e))
-				return true
-			}
-			sp.eof = true
-			return true
-		}
-		if !sp.moved {
-			sp.moved = true
-			d.s.spliced.Store(true)
-		}
-		sp.burst += int(n)
-		d.s.touch()
-		if werr := sp.write(int(n)); werr != nil {
-			sp.opErr = werr
-			// The pipe may still hold bytes: never reuse it.
-			sp.pipes.discard(sp.p)
-			sp.p = nil
-			return true
 		}
 	}
 }
 
-// write moves n bytes from the pipe to dst, waiting for dst to be writable
-// (and handling its write deadline) as needed.
-func (sp *splicer) write(n int) error {
-	d := sp.d
-	sp.wn = n
-	for sp.wn > 0 {
-		sp.werr = nil
-		err := sp.dst.Write(sp.writeFn)
-		if sp.werr != nil {
-			return d.classify(dstError{os.NewSyscallError("splice", sp.werr)})
-		}
-		if err == nil {
-			continue
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if d.s.deadlineHit(d) {
-				return errEnded
-			}
-			continue
-		}
-		return d.classify(dstError{err})
+// readSmall does one read(2) from src into the buffer.
+func (l *loop) readSmall(s *Session, f *flow) bool {
+	if f.buf == nil {
+		f.buf = smallPool.Get().(*[]byte)
 	}
-	return nil
-}
-
-// writePipe is the dst.Write callback of write.
-func (sp *splicer) writePipe(fd uintptr) bool {
-	for sp.wn > 0 {
-		m, err := unix.Splice(sp.p.r, nil, int(fd), nil, sp.wn, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return false
-		case err != nil:
-			sp.werr = err
-			return true
-		case m == 0:
-			sp.werr = errors.New("splice to socket moved 0 bytes")
-			return true
+	n, err := unix.Read(f.src.fd, *f.buf)
+	switch {
+	case err == unix.EINTR:
+		return true
+	case err == unix.EAGAIN:
+		f.readable = false
+		smallPool.Put(f.buf)
+		f.buf = nil
+		return true
+	case err != nil:
+		l.end(s, f.srcEnd, os.NewSyscallError("read", err), "", f.dst)
+		return false
+	case n == 0:
+		smallPool.Put(f.buf)
+		f.buf = nil
+		return l.srcEOF(s, f)
+	}
+	s.eng.last = l.now
+	f.off, f.end = 0, n
+	switch {
+	case n == len(*f.buf):
+		if !f.noSplice {
+			f.small = false // a full buffer: bulk, splice the rest
+			f.burst = 0
 		}
-		sp.wn -= int(m)
-		sp.d.n.Add(uint64(m))
+	case !f.hup:
+		f.readable = false // a short read: the queue is empty (see pump)
 	}
 	return true
 }
 
-// srcOrDst keeps dst errors (already wrapped by write) and wraps the rest as
-// src errors.
-func (d *direction) srcOrDst(err error) error {
-	var de dstError
-	if err == errEnded || errors.As(err, &de) {
-		return err
+// readSplice does one splice(2) from src into the pipe.
+func (l *loop) readSplice(s *Session, f *flow) bool {
+	pp := s.opt.Pipes
+	if f.p == nil {
+		if f.p = pp.get(); f.p == nil {
+			// Out of fds for a pipe (EMFILE): read/write from now on.
+			f.noSplice = true
+			return true
+		}
 	}
-	return d.classify(srcError{err})
+	n, err := unix.Splice(f.src.fd, nil, f.p.w, nil, chunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+	switch {
+	case err == unix.EINTR:
+		return true
+	case err == unix.EAGAIN:
+		// src has nothing more now: give the (empty) pipe back before
+		// waiting, so idle connections hold no pipe.
+		f.readable = false
+		pp.put(f.p)
+		f.p = nil
+		if f.moved && f.burst < smallBuf {
+			f.small = true // small messages: read/write from now on
+		}
+		f.burst = 0
+		return true
+	case err == unix.EINVAL && !f.moved:
+		// This socket pair cannot splice: read/write, for good.
+		pp.put(f.p)
+		f.p = nil
+		f.noSplice = true
+		return true
+	case err != nil:
+		// The pipe was empty before this splice: it goes back so.
+		pp.put(f.p)
+		f.p = nil
+		l.end(s, f.srcEnd, os.NewSyscallError("splice", err), "", f.dst)
+		return false
+	case n == 0:
+		pp.put(f.p)
+		f.p = nil
+		// tcp_splice_read checks SOCK_DONE before sk_err, so a socket
+		// closed by a peer's RST reads as EOF here where read(2) would
+		// say ECONNRESET. SO_ERROR tells them apart (and a FIN leaves
+		// it 0).
+		if e, gerr := unix.GetsockoptInt(f.src.fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && e != 0 {
+			l.end(s, f.srcEnd, os.NewSyscallError("splice", syscall.Errno(e)), "", f.dst)
+			return false
+		}
+		return l.srcEOF(s, f)
+	}
+	if !f.moved {
+		f.moved = true
+		s.spliced.Store(true)
+	}
+	f.burst += int(n)
+	f.pn = int(n)
+	s.eng.last = l.now
+	return true
+}
+
+// flush writes pending bytes to dst until they are all written (the buffer
+// is then given back) or dst is full (f.full set). A write that takes only
+// part of the bytes marks dst full at once: the socket's send buffer is,
+// and TCP (SOCK_NOSPACE) and unix sockets wake their waiters when space
+// frees up, so EPOLLOUT will come without asking for EAGAIN first.
+func (l *loop) flush(s *Session, f *flow) bool {
+	for f.pn > 0 {
+		m, err := unix.Splice(f.p.r, nil, f.dst.fd, nil, f.pn, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			f.full = true
+			return true
+		case err != nil:
+			// The pipe still holds bytes: end discards it.
+			l.end(s, f.dstEnd, os.NewSyscallError("splice", err), "", f.src)
+			return false
+		case m == 0:
+			l.end(s, f.dstEnd, errors.New("splice to socket moved 0 bytes"), "", f.src)
+			return false
+		}
+		f.pn -= int(m)
+		f.n.Add(uint64(m))
+		if f.pn > 0 {
+			f.full = true
+			return true
+		}
+	}
+	for f.off < f.end {
+		m, err := unix.Write(f.dst.fd, (*f.buf)[f.off:f.end])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			f.full = true
+			return true
+		case err != nil:
+			l.end(s, f.dstEnd, os.NewSyscallError("write", err), "", f.src)
+			return false
+		}
+		f.off += m
+		f.n.Add(uint64(m))
+		if f.off < f.end {
+			f.full = true
+			return true
+		}
+	}
+	if f.buf != nil {
+		smallPool.Put(f.buf)
+		f.buf, f.off, f.end = nil, 0, 0
+	}
+	return true
+}
+
+// srcEOF passes on EOF from src: dst's write half is shut and the other
+// direction keeps flowing. When both directions are done the session ends.
+func (l *loop) srcEOF(s *Session, f *flow) bool {
+	f.eof = true
+	f.readable = false
+	if cw, ok := f.dst.c.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil {
+			// ENOTCONN and the like: dst is gone; reset src as well.
+			l.end(s, f.dstEnd, err, "", f.src)
+			return false
+		}
+	}
+	e := &s.eng
+	e.halfDone = true
+	if e.eofs++; e.eofs == 2 {
+		l.end(s, EndClosed, nil, "", nil)
+		return false
+	}
+	// From now on FinTimeout bounds inactivity, counted from now.
+	if fin := int64(s.opt.FinTimeout); fin > 0 {
+		if e.limit <= 0 || fin < e.limit {
+			e.limit = fin
+		}
+		e.last = l.now
+		l.schedule(s, l.now+e.limit)
+	}
+	return true
 }

@@ -20,5 +20,15 @@ func (pp *PipePool) Idle() int { return 0 }
 // Flush does nothing off Linux.
 func (pp *PipePool) Flush() {}
 
-// splice is Linux-only; elsewhere the buffered copy does the work.
-func (d *direction) splice() (handled bool, err error) { return false, nil }
+// The engine is Linux-only; elsewhere every session runs on the goroutine
+// copier.
+type (
+	loop     struct{}
+	engState struct{}
+)
+
+// StartEngine does nothing off Linux: there is no engine.
+func StartEngine() error { return nil }
+
+func (s *Session) startEngine(func(Result)) bool { return false }
+func (s *Session) abortEngine(*loop, string)     {}

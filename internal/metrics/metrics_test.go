@@ -27,7 +27,10 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// splice's engine loops live as long as the process, like Go's netpoller.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/l4lb/l4lb/splice.(*loop).run"))
+}
 
 // startMetrics serves reg on 127.0.0.1:0 until the test ends.
 func startMetrics(t *testing.T, src metrics.Source) string {

@@ -23,19 +23,20 @@ const maxTries = 100
 
 // serveConn is the body of one connection's goroutine: admit the client
 // (PROXY header, access lists, per-client limit), pick and connect a host
-// (with tries), send a PROXY header if asked, then copy both ways until the
-// connection ends, then log one line.
+// (with tries), send a PROXY header if asked, then hand both sockets to a
+// splice session and return. The session copies both ways until the
+// connection ends; then ended logs one line and releases what serveConn
+// took.
 func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
-	defer l.wg.Done()
-	defer l.active.Add(-1)
 	start := time.Now()
 	s := l.set.Load()
 
 	cl, ok := l.admit(s, client)
 	if !ok {
+		l.active.Add(-1)
+		l.wg.Done()
 		return
 	}
-	defer l.releaseClient(s, cl)
 
 	backend, p, h, err := l.connect(dialCtx, s, client, cl)
 	if err != nil {
@@ -44,26 +45,51 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 		l.endLine(s, cl, true).Str(logkey.Upstream, s.Upstream.Name).
 			Float64(logkey.Duration, time.Since(start).Seconds()).Str(logkey.End, "no backend").
 			Str(logkey.Reason, err.Error()).Msg("client closed: no backend")
+		l.releaseClient(s, cl)
+		l.active.Add(-1)
+		l.wg.Done()
 		return
 	}
 	l.connected.Add(1)
 
-	sess := splice.New(client, backend, splice.Options{IdleTimeout: s.IdleTimeout, FinTimeout: s.FinTimeout})
-	if !l.track(sess, h) {
-		sess.Abort("shutdown: drain timeout")
+	c := &conn{l: l, s: s, cl: cl, p: p, h: h, start: start}
+	c.sess = splice.New(client, backend, splice.Options{IdleTimeout: s.IdleTimeout, FinTimeout: s.FinTimeout})
+	if !l.track(c.sess, h) {
+		c.sess.Abort("shutdown: drain timeout")
 	}
-	res := sess.Run()
-	l.untrack(sess)
-	h.ConnClosed(res.AToB, res.BToA)
+	c.sess.Start(c.ended)
+}
+
+// conn is what a connection's end needs from serveConn.
+type conn struct {
+	l     *Listener
+	s     *Settings
+	cl    *clientInfo
+	p     *pool.Pool
+	h     *pool.Host
+	start time.Time
+	sess  *splice.Session
+}
+
+// ended is the session's done callback: the tail of serveConn. It runs on
+// splice's engine goroutine, so it only counts, logs and releases.
+func (c *conn) ended(res splice.Result) {
+	l, s, cl := c.l, c.s, c.cl
+	l.untrack(c.sess)
+	c.h.ConnClosed(res.AToB, res.BToA)
 
 	ev := l.endLine(s, cl, res.End == splice.EndError)
-	ev = ev.Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, p.Name).Str(logkey.Host, h.ID).
+	ev = ev.Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, c.p.Name).Str(logkey.Host, c.h.ID).
 		Uint64(logkey.BytesUp, res.AToB+uint64(len(cl.rest))).Uint64(logkey.BytesDown, res.BToA).
-		Float64(logkey.Duration, time.Since(start).Seconds()).Str(logkey.End, endName(res)).Bool(logkey.Spliced, res.Spliced)
+		Float64(logkey.Duration, time.Since(c.start).Seconds()).Str(logkey.End, endName(res)).Bool(logkey.Spliced, res.Spliced)
 	if res.Err != nil {
 		ev = ev.Str(logkey.Reason, res.Err.Error())
 	}
 	ev.Msg("connection closed")
+
+	l.releaseClient(s, cl)
+	l.active.Add(-1)
+	l.wg.Done()
 }
 
 // endLine starts the line a connection ends with: in the access log when

@@ -94,7 +94,7 @@ type Listener struct {
 	mu       sync.Mutex
 	conns    map[*splice.Session]*pool.Host
 	aborting bool           // drain timed out: sessions are aborted as they appear
-	wg       sync.WaitGroup // one per connection handler
+	wg       sync.WaitGroup // one per connection, until its end is logged
 }
 
 // Listen binds network/address ("tcp", "127.0.0.1:6380"; "unix", "/run/x.sock").

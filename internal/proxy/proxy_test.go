@@ -25,7 +25,10 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// splice's engine loops live as long as the process, like Go's netpoller.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/l4lb/l4lb/splice.(*loop).run"))
+}
 
 // running is a Listener under test, stopped (and drained) at cleanup.
 type running struct {

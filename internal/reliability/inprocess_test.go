@@ -127,6 +127,7 @@ func TestRandomized(t *testing.T) {
 	if os.Getenv("L4LB_LONG") != "" {
 		steps = 5000
 	}
+	splice.StartEngine() // its loops live as long as the process: not a leak
 	g0, fd0 := runtime.NumGoroutine(), fdCount()
 	func() {
 		var backs []*testbackend.Server
@@ -260,6 +261,7 @@ func TestSoak(t *testing.T) {
 	if dur >= 10*time.Minute {
 		every = 10 * time.Second
 	}
+	splice.StartEngine() // its loops live as long as the process: not a leak
 	g0, fd0 := runtime.NumGoroutine(), fdCount()
 	var conns, cut, bytesOK atomic.Int64
 	type sample struct{ g, fd int }
