@@ -23,7 +23,9 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(testbackend.EngineGoroutine))
+}
 
 // readLines returns the JSON lines of the file at path, decoded.
 func readLines(t *testing.T, path string) []map[string]any {

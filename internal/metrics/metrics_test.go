@@ -29,7 +29,7 @@ import (
 
 // splice's engine loops live as long as the process, like Go's netpoller.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/l4lb/l4lb/splice.(*loop).run"))
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(testbackend.EngineGoroutine))
 }
 
 // startMetrics serves reg on 127.0.0.1:0 until the test ends.

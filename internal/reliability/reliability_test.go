@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	if code == 0 {
 		// splice's engine loops live as long as the process.
-		if err := goleak.Find(goleak.IgnoreAnyFunction("github.com/l4lb/l4lb/splice.(*loop).run")); err != nil {
+		if err := goleak.Find(goleak.IgnoreAnyFunction(testbackend.EngineGoroutine)); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)
 			code = 1
 		}

@@ -167,8 +167,11 @@ func TestFleetPropagation(t *testing.T) {
 	t.Logf("over the control socket: seen on the other two %v after the request started", sockLat)
 	t.Logf("edit seen on the other instances, from before the call: %d samples, min %s, median %s, max %s (blocking wait 5s: one round trip)",
 		len(lat), lat[0], lat[len(lat)/2], lat[len(lat)-1])
-	if lat[len(lat)-1] > time.Second {
-		t.Errorf("slowest propagation %s: not one blocking round trip", lat[len(lat)-1])
+	// Woken by the blocking query, not by its 5s wait running out: a
+	// watcher that polled would show up as ~5s here. Half the wait tells
+	// the two apart on a loaded machine (the figure includes the edit call).
+	if lat[len(lat)-1] > 2500*time.Millisecond {
+		t.Errorf("slowest propagation %s: not one blocking round trip (wait 5s)", lat[len(lat)-1])
 	}
 
 	idx := fl[0].s.StoreStatus().Index

@@ -21,7 +21,7 @@ import (
 
 // splice's engine loops live as long as the process, like Go's netpoller.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/l4lb/l4lb/splice.(*loop).run"))
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(testbackend.EngineGoroutine))
 }
 
 // running is a Server under test, with its event subscription.

@@ -29,3 +29,9 @@ func Tool(t testing.TB, name string) string {
 	t.Skipf("%s is not installed; `make test` installs it: %v", name, err)
 	return ""
 }
+
+// EngineGoroutine is the function of splice's event-loop goroutines, which
+// live as long as the process (like Go's netpoller): goleak checks of
+// packages that run sessions ignore it (goleak.IgnoreAnyFunction: its top
+// frame is the syscall it waits in).
+const EngineGoroutine = "github.com/l4lb/l4lb/splice.(*loop).run"
