@@ -85,6 +85,9 @@ type Listener struct {
 	IdleTimeout    Duration `toml:"idle_timeout"`    // default 1h (tcp), 30s (udp); never 0
 	FinTimeout     Duration `toml:"fin_timeout"`     // inactivity bound once one side half-closed; default 30s
 	DrainTimeout   Duration `toml:"drain_timeout"`   // default 30s; 0 = close at once on shutdown
+	// TCP keepalive probes on both sockets of a connection after this much
+	// silence; 0 (the default) = off, as in HAProxy and nginx.
+	TCPKeepalive   Duration `toml:"tcp_keepalive"`
 	MaxConnections int      `toml:"max_connections"` // 0 = no limit
 	// Connections from one client IP at once; 0 = no limit.
 	MaxConnectionsPerClient int    `toml:"max_connections_per_client"`

@@ -85,6 +85,11 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 			v.bad(k+".idle_timeout", "must be > 0: every connection needs an idle timer (use a long one, e.g. \"24h\", for \"never\")")
 		}
 		v.positive(k+".fin_timeout", l.FinTimeout)
+		if l.TCPKeepalive < 0 {
+			v.bad(k+".tcp_keepalive", "must not be negative, got %s (\"0s\" = off)", l.TCPKeepalive)
+		} else if l.TCPKeepalive > 0 && l.TCPKeepalive < Duration(time.Second) {
+			v.bad(k+".tcp_keepalive", "must be at least 1s (the kernel counts keepalive in seconds), got %s", l.TCPKeepalive)
+		}
 		v.nonNegative(k+".max_connections", l.MaxConnections)
 		v.nonNegative(k+".responses", l.Responses)
 		v.nonNegative(k+".max_sessions", l.MaxSessions)
@@ -95,7 +100,7 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 			for key, set := range map[string]bool{
 				"allow": len(l.Allow) > 0, "deny": len(l.Deny) > 0, "proxy_protocol": l.ProxyProtocol != "",
 				"accept_proxy_protocol": l.AcceptProxyProtocol, "max_connections_per_client": l.MaxConnectionsPerClient != 0,
-				"source_address": l.SourceAddress != "",
+				"source_address": l.SourceAddress != "", "tcp_keepalive": l.TCPKeepalive != 0,
 			} {
 				if set {
 					v.bad(k+"."+key, "applies to protocol = \"tcp\" only in this version")

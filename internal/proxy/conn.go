@@ -30,6 +30,9 @@ const maxTries = 100
 func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 	start := time.Now()
 	s := l.set.Load()
+	if tc, ok := client.(*net.TCPConn); ok && (s.Keepalive > 0 || l.acceptKeepalive) {
+		setKeepalive(tc, s.Keepalive)
+	}
 
 	cl, ok := l.admit(s, client)
 	if !ok {
@@ -169,7 +172,7 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 			continue
 		}
 		n++
-		d := net.Dialer{Timeout: timeout}
+		d := net.Dialer{Timeout: timeout, KeepAlive: -1, KeepAliveConfig: keepaliveConfig(s.Keepalive)}
 		if s.SourceIP.IsValid() && h.Network == "tcp" {
 			d.LocalAddr = &net.TCPAddr{IP: s.SourceIP.AsSlice()}
 		}
@@ -264,3 +267,23 @@ func failKind(err error) pool.FailKind {
 // dialReason turns a dial error into the short reason operators read in
 // logs and status: "connection refused", "timeout after 2s".
 func dialReason(err error, timeout time.Duration) string { return sockerr.Reason(err, timeout) }
+
+// keepaliveConfig is TCP keepalive for Settings.Keepalive: probes after d of
+// silence, then every d/3 (at least 1s), 3 of them, so a dead peer is found
+// about 2d after it went quiet. d = 0: off.
+func keepaliveConfig(d time.Duration) net.KeepAliveConfig {
+	if d <= 0 {
+		return net.KeepAliveConfig{}
+	}
+	return net.KeepAliveConfig{Enable: true, Idle: d, Interval: max(d/3, time.Second), Count: 3}
+}
+
+// setKeepalive sets an accepted connection's keepalive to what d says.
+// Errors are ignored: the peer may already be gone, which the copy finds.
+func setKeepalive(c *net.TCPConn, d time.Duration) {
+	if d <= 0 {
+		c.SetKeepAlive(false)
+		return
+	}
+	c.SetKeepAliveConfig(keepaliveConfig(d))
+}

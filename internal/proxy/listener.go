@@ -27,9 +27,13 @@ type Settings struct {
 	IdleTimeout    time.Duration // no bytes either way; 0 means none
 	FinTimeout     time.Duration // inactivity once half-closed; 0 means IdleTimeout
 	DrainTimeout   time.Duration // on shutdown; 0 means abort at once
-	MaxConnections int           // at once on the listener; 0 = no limit
-	MaxPerClient   int           // at once per client IP; 0 = no limit
-	HashWithPort   bool          // hash the client's IP and port, not the IP alone
+	// Keepalive turns TCP keepalive on for both sockets of a connection:
+	// probes after this much silence, then every Keepalive/3 (at least
+	// 1s), 3 of them. 0 = off (no keepalive setsockopt at all).
+	Keepalive      time.Duration
+	MaxConnections int  // at once on the listener; 0 = no limit
+	MaxPerClient   int  // at once per client IP; 0 = no limit
+	HashWithPort   bool // hash the client's IP and port, not the IP alone
 	// Access lists, checked before any backend work: Deny first, then
 	// Allow (when not empty) must match.
 	Allow, Deny []netip.Prefix
@@ -95,6 +99,10 @@ type Listener struct {
 	conns    map[*splice.Session]*pool.Host
 	aborting bool           // drain timed out: sessions are aborted as they appear
 	wg       sync.WaitGroup // one per connection, until its end is logged
+
+	// acceptKeepalive: connections accepted from ln come with TCP
+	// keepalive on (Go's default for a listener it did not make).
+	acceptKeepalive bool
 }
 
 // Listen binds network/address ("tcp", "127.0.0.1:6380"; "unix", "/run/x.sock").
@@ -104,7 +112,9 @@ func Listen(name, network, address string, s *Settings, log zerolog.Logger) (*Li
 	if err != nil {
 		return nil, err
 	}
-	return ListenFrom(name, ln, s, log), nil
+	l := ListenFrom(name, ln, s, log)
+	l.acceptKeepalive = false // listen's ListenConfig leaves it off
+	return l, nil
 }
 
 // ListenFrom is Listen on a socket bound elsewhere: one a previous l4lb
@@ -115,13 +125,21 @@ func ListenFrom(name string, ln net.Listener, s *Settings, log zerolog.Logger) *
 		ln:    ln,
 		log:   log.With().Str(logkey.Listener, name).Logger(),
 		conns: make(map[*splice.Session]*pool.Host),
+		// A listener made from a file (net.FileListener) turns Go's
+		// default keepalive (15s) on for every connection it accepts.
+		acceptKeepalive: true,
 	}
 	l.set.Store(s)
 	return l
 }
 
+// listenConfig accepts connections with TCP keepalive left off: Go's
+// default would cost 4 setsockopt calls per accepted connection, and
+// keepalive is opt-in (Settings.Keepalive), as in HAProxy and nginx.
+var listenConfig = net.ListenConfig{KeepAlive: -1}
+
 func listen(network, address string) (net.Listener, error) {
-	ln, err := net.Listen(network, address)
+	ln, err := listenConfig.Listen(context.Background(), network, address)
 	if err == nil || network != "unix" || !errors.Is(err, syscall.EADDRINUSE) {
 		return ln, err
 	}
@@ -134,7 +152,7 @@ func listen(network, address string) (net.Listener, error) {
 	if rerr := os.Remove(address); rerr != nil {
 		return nil, err
 	}
-	return net.Listen(network, address)
+	return listenConfig.Listen(context.Background(), network, address)
 }
 
 // Name returns the listener's name.

@@ -334,6 +334,7 @@ func (s *Server) settings(lc *config.Listener) *proxy.Settings {
 		IdleTimeout:    time.Duration(lc.IdleTimeout),
 		FinTimeout:     time.Duration(lc.FinTimeout),
 		DrainTimeout:   time.Duration(lc.DrainTimeout),
+		Keepalive:      time.Duration(lc.TCPKeepalive),
 		MaxConnections: lc.MaxConnections,
 		MaxPerClient:   lc.MaxConnectionsPerClient,
 		HashWithPort:   uc.HashKey == config.SourceIPPort,
