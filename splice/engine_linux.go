@@ -312,7 +312,7 @@ func (l *loop) add(s *Session) {
 	e.slot = slot
 	for i := range e.sides {
 		ev := unix.EpollEvent{
-			Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+			Events: unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
 			Fd:     slot<<1 | int32(i),
 			Pad:    int32(l.gen[slot]),
 		}
@@ -357,10 +357,13 @@ func (l *loop) event(slot int32, i int, gen uint32, ev uint32) {
 	}
 	out := &s.eng.flows[i]  // reads side i
 	in := &s.eng.flows[1-i] // writes side i
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+	if ev&(unix.EPOLLIN|unix.EPOLLPRI|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		out.readable = true
 		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 			out.hup = true
+		}
+		if ev&unix.EPOLLPRI != 0 {
+			out.urgent = true
 		}
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {

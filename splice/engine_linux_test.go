@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // started is a session run with Start, no goroutine of the test's own.
@@ -414,5 +416,51 @@ func TestEngineUnix(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("session did not end")
+	}
+}
+
+// TestEngineUrgentData: a client that sends TCP urgent data (telnet's
+// interrupt, MSG_OOB) must not stall its connection. A read stops short at
+// the urgent mark with more bytes queued, so "a short read means drained"
+// would wait for an edge that never comes; and splice(2) stops at the mark
+// for good (it never skips the urgent byte). Both in small-message mode and
+// in bulk mode (a session's first bytes), the bytes after the mark must
+// arrive. Like HAProxy and nginx, l4lb passes the ordinary stream on and
+// drops the urgent byte itself.
+func TestEngineUrgentData(t *testing.T) {
+	for _, mode := range []string{"small", "bulk"} {
+		t.Run(mode, func(t *testing.T) {
+			st := startPair(t, Options{})
+			if mode == "small" {
+				for range 3 {
+					st.exchange(t, []byte("hi"))
+				}
+			}
+			rc, err := st.client.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var serr error
+			send := func(b []byte, flags int) {
+				rc.Write(func(fd uintptr) bool {
+					serr = unix.Send(int(fd), b, flags)
+					return true
+				})
+				if serr != nil {
+					t.Fatal(serr)
+				}
+			}
+			// One burst: "hello", the urgent "!", "world", so the mark sits
+			// in the middle of what the proxy's read finds queued.
+			send([]byte("hello"), unix.MSG_MORE)
+			send([]byte("!"), unix.MSG_OOB|unix.MSG_MORE)
+			send([]byte("world"), 0)
+			st.server.SetReadDeadline(time.Now().Add(3 * time.Second))
+			got := make([]byte, 10)
+			if _, err := io.ReadFull(st.server, got); err != nil || string(got) != "helloworld" {
+				t.Fatalf("server got %q, %v: the bytes after the urgent mark did not come through", got, err)
+			}
+			st.exchange(t, []byte("still flowing"))
+		})
 	}
 }

@@ -48,9 +48,17 @@ type flow struct {
 	readable bool
 	// hup: an event for src carried EPOLLRDHUP, EPOLLHUP or EPOLLERR, so
 	// src must be read until EOF or an error, short reads or not.
-	hup  bool
-	full bool // dst said EAGAIN (or took part of a write): wait for EPOLLOUT
-	eof  bool // src reached EOF and dst's write half was shut
+	hup bool
+	// urgent: an event for src carried EPOLLPRI, TCP urgent data (MSG_OOB,
+	// telnet's interrupt). A read stops short at the urgent mark with more
+	// bytes queued behind it, so until EAGAIN a short read proves nothing;
+	// and splice(2) stops at the mark for good (tcp_read_sock never steps
+	// over the urgent byte), so bulk mode hands over to read(2), which
+	// skips it. The urgent byte itself is dropped, as HAProxy and nginx do:
+	// the ordinary stream goes on.
+	urgent bool
+	full   bool // dst said EAGAIN (or took part of a write): wait for EPOLLOUT
+	eof    bool // src reached EOF and dst's write half was shut
 
 	small    bool // small-message mode
 	noSplice bool // splice refused (EINVAL) or no pipe fd: small mode for good
@@ -137,7 +145,7 @@ func (l *loop) readSmall(s *Session, f *flow) bool {
 	case err == unix.EINTR:
 		return true
 	case err == unix.EAGAIN:
-		f.readable = false
+		f.readable, f.urgent = false, false
 		smallPool.Put(f.buf)
 		f.buf = nil
 		return true
@@ -157,7 +165,7 @@ func (l *loop) readSmall(s *Session, f *flow) bool {
 			f.small = false // a full buffer: bulk, splice the rest
 			f.burst = 0
 		}
-	case !f.hup:
+	case !f.hup && !f.urgent:
 		f.readable = false // a short read: the queue is empty (see pump)
 	}
 	return true
@@ -176,6 +184,14 @@ func (l *loop) readSplice(s *Session, f *flow) bool {
 	n, err := unix.Splice(f.src.fd, nil, f.p.w, nil, chunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
 	switch {
 	case err == unix.EINTR:
+		return true
+	case err == unix.EAGAIN && f.urgent:
+		// Stopped at an urgent mark, or really empty: read(2) tells
+		// (and steps over the urgent byte).
+		pp.put(f.p)
+		f.p = nil
+		f.small = true
+		f.burst = 0
 		return true
 	case err == unix.EAGAIN:
 		// src has nothing more now: give the (empty) pipe back before
