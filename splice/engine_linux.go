@@ -3,6 +3,7 @@ package splice
 import (
 	"encoding/binary"
 	"errors"
+	"math"
 	"net"
 	"os"
 	"runtime"
@@ -105,7 +106,9 @@ func newEngine(n int) (*engine, error) {
 }
 
 func (e *engine) pick() *loop {
-	return e.loops[int(e.next.Add(1))%len(e.loops)]
+	// In uint32: int(...) of the counter goes negative past 2^31 on 32-bit
+	// builds, and a negative index panics.
+	return e.loops[e.next.Add(1)%uint32(len(e.loops))]
 }
 
 // loop is one event loop. Fields below mu are owned by the loop's goroutine.
@@ -336,7 +339,7 @@ func (l *loop) add(s *Session) {
 	if idle := int64(s.opt.IdleTimeout); idle > 0 {
 		e.limit = idle
 		e.last = l.now
-		l.schedule(s, l.now+idle)
+		l.schedule(s, addSat(l.now, idle))
 	}
 }
 
@@ -392,7 +395,7 @@ func (l *loop) expire() {
 		if e.timerAt > l.now {
 			return
 		}
-		if dl := e.last + e.limit; dl > l.now {
+		if dl := addSat(e.last, e.limit); dl > l.now {
 			e.timerAt = dl
 			l.timers.down(0)
 			continue
@@ -467,8 +470,9 @@ type engState struct {
 func (e *engState) registered() bool { return e.slot >= 0 }
 
 type side struct {
-	c  net.Conn // closed, shut and lingered through its methods
-	fd int
+	c   net.Conn // closed, shut and lingered through its methods
+	fd  int
+	tcp bool // a TCP socket: a short read proves its queue empty (see flow.pump)
 }
 
 // sockFD returns c's socket fd when c is a connection type whose sockets
@@ -516,8 +520,10 @@ func (s *Session) startEngine(done func(Result)) bool {
 	e.done = done
 	e.slot = -1
 	e.hidx = -1
-	e.sides[0] = side{c: s.a, fd: fa}
-	e.sides[1] = side{c: s.b, fd: fb}
+	_, ta := s.a.(*net.TCPConn)
+	_, tb := s.b.(*net.TCPConn)
+	e.sides[0] = side{c: s.a, fd: fa, tcp: ta}
+	e.sides[1] = side{c: s.b, fd: fb, tcp: tb}
 	e.flows[0] = flow{src: &e.sides[0], dst: &e.sides[1], n: &s.aToB, srcEnd: EndResetA, dstEnd: EndResetB}
 	e.flows[1] = flow{src: &e.sides[1], dst: &e.sides[0], n: &s.bToA, srcEnd: EndResetB, dstEnd: EndResetA}
 	// Sent under s.mu, so an Abort that sees modeEngine queues its
@@ -612,4 +618,14 @@ func (h timerHeap) down(i0 int) bool {
 		i = c
 	}
 	return i > i0
+}
+
+// addSat is a+b for non-negative b, saturated at the largest int64, so that
+// a timeout of thousands of years (idle_timeout as "never") is a deadline
+// far away, not one in the past.
+func addSat(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
 }

@@ -145,8 +145,12 @@ func (s *Session) Run() Result {
 // Start starts the session and returns at once. done is called exactly
 // once, when both directions are done or the session failed, after both
 // connections are closed. It is called from the engine's goroutine, which
-// serves many sessions: it must not block for long (a log line, a counter,
-// a channel send with room are fine).
+// serves many sessions: it must not block (a counter, a channel send with
+// room; hand anything that may wait, a log write included, to a goroutine).
+//
+// After Start, the connections belong to the session: close them only
+// through Abort. The engine works on their fd numbers, and a number closed
+// behind its back may be reused by another socket.
 //
 // On Linux, when both connections are *net.TCPConn or *net.UnixConn, the
 // session runs on the package's engine, which needs no goroutine per

@@ -95,9 +95,12 @@ func (f *flow) release(pp *PipePool) {
 // false when the session ended (s is then finished; touch nothing).
 //
 // The syscall this saves: in small mode a read shorter than the buffer
-// means the receive queue was empty at that moment (tcp_recvmsg copies
-// until the queue, backlog included, is exhausted; unix sockets likewise),
-// so f waits for the next edge instead of reading again to EAGAIN. That is
+// from TCP means the receive queue was empty at that moment (tcp_recvmsg
+// copies until the queue, backlog included, is exhausted; it stops early
+// only at an urgent mark, which EPOLLPRI flags: see flow.urgent), so f
+// waits for the next edge instead of reading again to EAGAIN. Unix sockets
+// read on to EAGAIN: unix_stream_read_generic also stops after a message
+// that carried SCM_RIGHTS, with more queued and no flag to say so. That is
 // safe here, not on Go's netpoller, because of what the loop sees: epoll
 // reports the socket's current mask when events are harvested, so a FIN or
 // RST that had arrived by then shows as EPOLLRDHUP/EPOLLHUP/EPOLLERR on this
@@ -165,7 +168,7 @@ func (l *loop) readSmall(s *Session, f *flow) bool {
 			f.small = false // a full buffer: bulk, splice the rest
 			f.burst = 0
 		}
-	case !f.hup && !f.urgent:
+	case !f.hup && !f.urgent && f.src.tcp:
 		f.readable = false // a short read: the queue is empty (see pump)
 	}
 	return true
@@ -318,7 +321,7 @@ func (l *loop) srcEOF(s *Session, f *flow) bool {
 			e.limit = fin
 		}
 		e.last = l.now
-		l.schedule(s, l.now+e.limit)
+		l.schedule(s, addSat(l.now, e.limit))
 	}
 	return true
 }

@@ -60,7 +60,7 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 	if !l.track(c.sess, h) {
 		c.sess.Abort("shutdown: drain timeout")
 	}
-	c.sess.Start(c.ended)
+	c.sess.Start(c.done)
 }
 
 // conn is what a connection's end needs from serveConn.
@@ -74,8 +74,13 @@ type conn struct {
 	sess  *splice.Session
 }
 
-// ended is the session's done callback: the tail of serveConn. It runs on
-// splice's engine goroutine, so it only counts, logs and releases.
+// done is the session's done callback. It runs on an engine loop, which
+// moves the bytes of many other connections: ended writes a log line, and a
+// stalled journald or access-log disk would stall them all, so ended gets
+// a goroutine of its own (a short one, per connection that ends).
+func (c *conn) done(res splice.Result) { go c.ended(res) }
+
+// ended is the tail of serveConn: it counts, logs and releases.
 func (c *conn) ended(res splice.Result) {
 	l, s, cl := c.l, c.s, c.cl
 	l.untrack(c.sess)
