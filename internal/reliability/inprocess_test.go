@@ -124,7 +124,7 @@ func TestRandomized(t *testing.T) {
 	t.Logf("seed %d (replay with L4LB_SEED=%d)", seed, seed)
 	rng := mrand.New(mrand.NewPCG(seed, 0))
 	steps := 400
-	if os.Getenv("L4LB_LONG") != "" {
+	if longMode() {
 		steps = 5000
 	}
 	g0, fd0 := runtime.NumGoroutine(), fdCount()
@@ -249,13 +249,16 @@ func echoCheck(c net.Conn, b []byte) error {
 	return nil
 }
 
-// TestSoak: churn with faults for a while (15s in CI; L4LB_LONG=30m for the
+// TestSoak: churn with faults for a while (15s in CI; L4LB_SOAK=30m for the
 // real soak): clients send random payloads through a pool where one host in
 // four sits behind a relay that cuts connections with a reset after 64 KiB.
 // No byte is ever altered (a cut connection got a prefix of its echo); fds
 // and goroutines sampled all along do not grow.
 func TestSoak(t *testing.T) {
-	dur := long(15*time.Second, 30*time.Minute)
+	dur, err := soakDuration()
+	if err != nil {
+		t.Fatal(err)
+	}
 	every := time.Second
 	if dur >= 10*time.Minute {
 		every = 10 * time.Second

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,15 +43,31 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// long returns d when L4LB_LONG is set (make reliability), else short.
-func long(short, d time.Duration) time.Duration {
-	if v := os.Getenv("L4LB_LONG"); v != "" {
-		if dd, err := time.ParseDuration(v); err == nil {
-			return dd
-		}
-		return d
+// The suite's knobs. Each long test has its own length, documented on the
+// test; a knob picks a mode or sets one test's length, never a length that
+// other tests then borrow.
+//
+//	L4LB_LONG=1    long mode (make reliability): each test runs its long variant
+//	L4LB_SOAK=30m  TestSoak's length (15 s without it)
+//	L4LB_SCALE=N   runs TestScale with N connections (skipped without it)
+//	L4LB_SEED=S    replays one TestRandomized sequence
+func longMode() bool {
+	v := os.Getenv("L4LB_LONG")
+	return v != "" && v != "0"
+}
+
+// soakDuration is TestSoak's length: L4LB_SOAK, else 15 s. A value that is
+// not a positive duration is an error, not a silent default.
+func soakDuration() (time.Duration, error) {
+	v := os.Getenv("L4LB_SOAK")
+	if v == "" {
+		return 15 * time.Second, nil
 	}
-	return short
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("L4LB_SOAK=%q: want a positive duration such as 30m", v)
+	}
+	return d, nil
 }
 
 func oneListener(backend string) string {
@@ -226,7 +243,7 @@ func TestSlowReader(t *testing.T) {
 	}
 	read()
 	rss0, _ := l4lbtest.RSS(p.Pid())
-	dur := long(3*time.Second, 60*time.Second)
+	dur := 3 * time.Second
 	ticks := int(dur / (100 * time.Millisecond))
 	for i := 0; i < ticks; i++ {
 		time.Sleep(100 * time.Millisecond) // the slow reader's pace
@@ -238,5 +255,46 @@ func TestSlowReader(t *testing.T) {
 		conns, dur, rss0>>10, rss1>>10, growth)
 	if growth > 1024 {
 		t.Errorf("RSS grew %.0f KiB per slow connection; want < 1 MiB", growth)
+	}
+}
+
+// TestKnobs: the soak's length is its own knob: L4LB_LONG (even set to a
+// duration, as the suite once took it) lengthens nothing else, and `make
+// reliability` sets the long mode, the soak and the scale separately.
+func TestKnobs(t *testing.T) {
+	t.Setenv("L4LB_LONG", "30m")
+	t.Setenv("L4LB_SOAK", "")
+	if d, err := soakDuration(); err != nil || d != 15*time.Second {
+		t.Errorf("soak with L4LB_LONG=30m alone: %v, %v; want 15s", d, err)
+	}
+	if !longMode() {
+		t.Errorf("L4LB_LONG=30m is not long mode")
+	}
+	t.Setenv("L4LB_SOAK", "30m")
+	if d, err := soakDuration(); err != nil || d != 30*time.Minute {
+		t.Errorf("L4LB_SOAK=30m: %v, %v", d, err)
+	}
+	t.Setenv("L4LB_SOAK", "thirty")
+	if _, err := soakDuration(); err == nil {
+		t.Errorf("L4LB_SOAK=thirty accepted")
+	}
+	if scaleDuration != 60*time.Second {
+		t.Errorf("scale duration %v, documented as 60s", scaleDuration)
+	}
+
+	make, err := exec.LookPath("make")
+	if err != nil {
+		t.Skip("make not installed")
+	}
+	cmd := exec.Command(make, "-n", "-s", "reliability")
+	cmd.Dir = "../.."
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make -n reliability: %v\n%s", err, out)
+	}
+	for _, want := range []string{"L4LB_LONG=1 ", "L4LB_SOAK=30m ", "L4LB_SCALE=10000 ", "./internal/reliability/"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("make reliability runs %q, missing %q", out, want)
+		}
 	}
 }

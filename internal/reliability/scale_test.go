@@ -53,6 +53,9 @@ func init() {
 	}
 }
 
+// scaleDuration is how long TestScale's connections echo, in every mode.
+const scaleDuration = 60 * time.Second
+
 // TestScale: N concurrent proxied connections, each echoing 1 KiB every
 // second for a while: zero errors, zero bytes lost; l4lb's RSS, fds and CPU
 // per connection are reported. Run by `make reliability` (L4LB_SCALE=N,
@@ -74,7 +77,7 @@ func TestScale(t *testing.T) {
 		t.Logf("fd hard limit %d allows %d connections through one l4lb, not %d (prlimit cannot raise the hard limit here)", lim.Max, max, n)
 		n = max
 	}
-	dur := long(20*time.Second, 60*time.Second)
+	dur := scaleDuration
 
 	self, _ := os.Executable()
 	be := exec.Command(self)
