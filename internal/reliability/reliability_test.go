@@ -2,6 +2,7 @@ package reliability
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -172,13 +173,26 @@ func TestFDExhaustion(t *testing.T) {
 	cpu1, _ := l4lbtest.CPUTime(p.Pid())
 	logLines := 0
 	for _, l := range p.Drain() {
-		if l["level"] == "error" && l["message"] != nil && fmt.Sprint(l["message"])[:6] == "accept" {
+		if msg, _ := l["message"].(string); l["level"] == "error" && strings.HasPrefix(msg, "accept") {
 			logLines++
 		}
 	}
+	// Still exhausted: none of the waiting clients has had its byte echoed
+	// (a read that times out consumes nothing; the deadline is reset below).
+	unserved := 0
+	for _, c := range waiting {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		var ne net.Error
+		if n, err := c.Read(make([]byte, 1)); n == 0 && errors.As(err, &ne) && ne.Timeout() {
+			unserved++
+		}
+	}
 	cpuShare := float64(cpu1-cpu0) / float64(window)
-	t.Logf("fd limit %d: %d connections served before exhaustion; while exhausted: CPU %.1f%% of a core, %d accept-error log lines in %v",
-		limit, len(served), 100*cpuShare, logLines, window)
+	t.Logf("fd limit %d: %d connections served before exhaustion; while exhausted: CPU %.1f%% of a core, %d accept-error log lines in %v, %d of %d backlogged clients unserved",
+		limit, len(served), 100*cpuShare, logLines, window, unserved, len(waiting))
+	if unserved != len(waiting) {
+		t.Errorf("%d of %d clients were served while l4lb was out of fds: the limit did not bite, so the test proves nothing", len(waiting)-unserved, len(waiting))
+	}
 
 	if len(served) < limit/4 {
 		t.Errorf("only %d connections served under a limit of %d", len(served), limit)
