@@ -1,10 +1,12 @@
 package reliability
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -230,13 +232,60 @@ func TestFDExhaustion(t *testing.T) {
 	}
 }
 
-// TestSlowReader: a backend sends 64 MiB to clients reading 16 KiB per
-// 100 ms: l4lb's memory stays bounded (TCP flow control and the pipe hold
-// the rest), whatever the backlog.
+// countingSource offers data on each connection and counts the bytes the
+// kernel has taken from it, all connections together: what flow control let
+// the backend write.
+type countingSource struct {
+	data    []byte
+	written atomic.Int64
+}
+
+func (s *countingSource) serve(c *net.TCPConn) {
+	for off := 0; off < len(s.data); {
+		n, err := c.Write(s.data[off:min(off+64<<10, len(s.data))])
+		s.written.Add(int64(n))
+		off += n
+		if err != nil {
+			return
+		}
+	}
+}
+
+// TestSlowReader: backends each offer 64 MiB to clients that read slowly.
+// l4lb's memory stays bounded whatever the backlog (TCP flow control and
+// the splice pipe hold it; l4lb buffers nothing of its own): RSS growth per
+// connection, from a baseline taken before any client connects, is under
+// 1 MiB; every byte read is the source's; the backends are throttled.
+//
+// Long mode (make reliability): 64 clients reading 16 KiB/s each (4 KiB
+// every 250 ms), 1 MiB each: 64 MiB through slow readers in 64 s. One
+// reader at 16 KiB/s would need 68 min for 64 MiB; L4LB_SLOW_CONNS=1 runs
+// exactly that (64 MiB split over L4LB_SLOW_CONNS readers). CI: 10 clients
+// at 1.6 MiB/s (16 KiB every 10 ms), 4 MiB each, about 2.5 s.
 func TestSlowReader(t *testing.T) {
-	src := testbackend.New(t, testbackend.Source(make([]byte, 64<<20)))
-	p := l4lbtest.Start(t, bin, oneListener(src.Addr()))
-	const conns = 10
+	const offered = 64 << 20
+	conns, perConn, chunk, every := 10, 4<<20, 16<<10, 10*time.Millisecond
+	if longMode() {
+		conns = 64
+		if v := os.Getenv("L4LB_SLOW_CONNS"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 || n > 1000 {
+				t.Fatalf("L4LB_SLOW_CONNS=%q: want 1..1000", v)
+			}
+			conns = n
+		}
+		perConn, chunk, every = offered/conns, 4<<10, 250*time.Millisecond
+	}
+	perConn -= perConn % chunk
+	src := &countingSource{data: make([]byte, offered)}
+	mrand.NewChaCha8([32]byte{28}).Read(src.data)
+	be := testbackend.New(t, src.serve)
+	p := l4lbtest.Start(t, bin, oneListener(be.Addr()))
+	rss0, err := l4lbtest.RSS(p.Pid()) // before any client
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	var cs []net.Conn
 	for i := 0; i < conns; i++ {
 		c, err := net.Dial("tcp", p.Addrs["front"])
@@ -246,29 +295,40 @@ func TestSlowReader(t *testing.T) {
 		defer c.Close()
 		cs = append(cs, c)
 	}
-	buf := make([]byte, 16<<10)
-	read := func() {
-		for _, c := range cs {
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	buf := make([]byte, chunk)
+	peak := rss0
+	for off := 0; off < perConn; off += chunk {
+		<-tick.C // the slow reader's pace
+		for i, c := range cs {
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
 			if _, err := io.ReadFull(c, buf); err != nil {
-				t.Fatal(err)
+				t.Fatalf("reader %d at %d bytes: %v", i, off, err)
+			}
+			if !bytes.Equal(buf, src.data[off:off+chunk]) {
+				t.Fatalf("reader %d: bytes %d..%d differ from the source's", i, off, off+chunk)
 			}
 		}
+		if rss, err := l4lbtest.RSS(p.Pid()); err == nil {
+			peak = max(peak, rss)
+		}
 	}
-	read()
-	rss0, _ := l4lbtest.RSS(p.Pid())
-	dur := 3 * time.Second
-	ticks := int(dur / (100 * time.Millisecond))
-	for i := 0; i < ticks; i++ {
-		time.Sleep(100 * time.Millisecond) // the slow reader's pace
-		read()
-	}
-	rss1, _ := l4lbtest.RSS(p.Pid())
-	growth := float64(rss1-rss0) / conns / 1024
-	t.Logf("%d slow readers for %v (16 KiB per 100 ms each, 64 MiB offered): l4lb RSS %d KiB -> %d KiB, %.0f KiB per connection",
-		conns, dur, rss0>>10, rss1>>10, growth)
+	dur := time.Since(start)
+	read := int64(conns) * int64(perConn)
+	inFlight := src.written.Load() - read
+	growth := float64(peak-rss0) / float64(conns) / 1024
+	t.Logf("%d slow readers at %.0f KiB/s each read %d MiB in all (%d MiB each) in %v, each offered %d MiB: l4lb RSS %d KiB before connecting, peak %d KiB, %+.1f KiB per connection; backends wrote %d MiB, %.1f MiB per connection still in flight (kernel buffers)",
+		conns, float64(chunk)/every.Seconds()/1024, read>>20, perConn>>20, dur.Round(time.Second), offered>>20,
+		rss0>>10, peak>>10, growth, src.written.Load()>>20, float64(inFlight)/float64(conns)/(1<<20))
 	if growth > 1024 {
 		t.Errorf("RSS grew %.0f KiB per slow connection; want < 1 MiB", growth)
+	}
+	// Flow control, not l4lb, holds the backlog: the backends could not
+	// write all they offered, only what the socket buffers on the way hold.
+	if inFlight >= int64(conns)*int64(offered-perConn) {
+		t.Errorf("backends wrote everything (%d MiB) to clients that read %d MiB: nothing throttled them", src.written.Load()>>20, read>>20)
 	}
 }
 
