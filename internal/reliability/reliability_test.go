@@ -1,6 +1,7 @@
 package reliability
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	mrand "math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,6 +99,57 @@ hosts = [ { address = %q } ]
 }
 
 var sockSeq atomic.Int64
+
+// freeAddr returns a loopback address that was free a moment ago (for
+// l4lb's metrics listener, whose bound address the tests cannot read back).
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// withMetrics adds a [metrics] table listening on addr to a config.
+func withMetrics(config, addr string) string {
+	return fmt.Sprintf("[metrics]\nlisten = %q\n\n", addr) + config
+}
+
+// metric reads one unlabelled sample from l4lb's metrics endpoint.
+func metric(addr, name string) (float64, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	r, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer r.Body.Close()
+	sc := bufio.NewScanner(r.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s in %s/metrics", name, addr)
+}
+
+// goroutines returns l4lb's own goroutine count (go_goroutines from its
+// metrics endpoint) and says where it came from; when the endpoint does not
+// answer it falls back to the OS threads in /proc/PID/status, and says so.
+func goroutines(pid int, metricsAddr string) (int, string) {
+	if v, err := metric(metricsAddr, "go_goroutines"); err == nil {
+		return int(v), "goroutines (go_goroutines)"
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n, "OS threads (/proc status; metrics did not answer)"
+		}
+	}
+	return -1, "nothing (metrics and /proc both failed)"
+}
 
 // counters reads a listener's counters through the control API.
 func counters(t *testing.T, p *l4lbtest.Proc) map[string]int64 {
