@@ -119,7 +119,9 @@ func withMetrics(config, addr string) string {
 
 // metric reads one unlabelled sample from l4lb's metrics endpoint.
 func metric(addr, name string) (float64, error) {
-	c := http.Client{Timeout: 5 * time.Second}
+	// No keep-alive: an idle scrape connection would hold a goroutine in
+	// l4lb and skew the count it is used for.
+	c := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	r, err := c.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return 0, err
@@ -159,7 +161,11 @@ func counters(t *testing.T, p *l4lbtest.Proc) map[string]int64 {
 
 func status(t *testing.T, p *l4lbtest.Proc) control.Status {
 	t.Helper()
-	st, err := control.NewClient(p.Socket()).Status(context.Background())
+	// Closed after each call: an idle keep-alive connection would hold a
+	// goroutine and an fd in l4lb, and the leak checks count those.
+	c := control.NewClient(p.Socket())
+	defer c.Close()
+	st, err := c.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
