@@ -13,13 +13,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/l4lb/l4lb/control"
 	"github.com/l4lb/l4lb/internal/config"
 	"github.com/l4lb/l4lb/internal/server"
 	"github.com/l4lb/l4lb/internal/testbackend"
@@ -95,140 +93,6 @@ func startInproc(t *testing.T, toml string) *inproc {
 	}
 	t.Cleanup(ip.stop)
 	return ip
-}
-
-const randomizedTOML = `
-[[listener]]
-name = "front"
-listen = "127.0.0.1:0"
-upstream = "u"
-drain_timeout = "%s"
-
-[upstream.u]
-max_fails = 0
-
-[[upstream.u.pool]]
-name = "p"
-hosts = [ { address = %q, id = "b0" } ]
-`
-
-// TestRandomized: a seeded random mix of open, write, half-close, reset,
-// pool edit, health flip (manual down/up) and reload, with invariants after
-// each step: every open connection still echoes intact; nothing leaks at
-// the end. The seed is printed; L4LB_SEED replays one.
-func TestRandomized(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("L4LB_SEED"); v != "" {
-		seed, _ = strconv.ParseUint(v, 10, 64)
-	}
-	t.Logf("seed %d (replay with L4LB_SEED=%d)", seed, seed)
-	rng := mrand.New(mrand.NewPCG(seed, 0))
-	steps := 400
-	if longMode() {
-		steps = 5000
-	}
-	g0, fd0 := runtime.NumGoroutine(), fdCount()
-	func() {
-		var backs []*testbackend.Server
-		for i := 0; i < 3; i++ {
-			b, err := testbackend.Start(testbackend.Echo)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
-			backs = append(backs, b)
-		}
-		ip := startInproc(t, fmt.Sprintf(randomizedTOML, "60s", backs[0].Addr()))
-		defer ip.stop()
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		pick := func() (int, net.Conn) {
-			i := rng.IntN(len(conns))
-			return i, conns[i]
-		}
-		drop := func(i int) { conns = append(conns[:i], conns[i+1:]...) }
-		payload := func() []byte {
-			b := make([]byte, 1+rng.IntN(64<<10))
-			rand.Read(b)
-			return b
-		}
-		fail := func(step int, what string, err error) {
-			t.Fatalf("seed %d step %d (%s): %v", seed, step, what, err)
-		}
-		for step := 0; step < steps; step++ {
-			switch op := rng.IntN(10); {
-			case op < 3 || len(conns) == 0: // open
-				c, err := net.Dial("tcp", ip.addr)
-				if err != nil {
-					fail(step, "open", err)
-				}
-				conns = append(conns, c)
-			case op < 5: // write
-				_, c := pick()
-				if err := echoCheck(c, payload()); err != nil {
-					fail(step, "write", err)
-				}
-			case op == 5: // half-close: the echo of what was sent, then EOF
-				i, c := pick()
-				b := payload()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				go func() { c.Write(b); c.(*net.TCPConn).CloseWrite() }()
-				got, err := io.ReadAll(c)
-				if err != nil || !bytes.Equal(got, b) {
-					fail(step, "half-close", fmt.Errorf("%d of %d bytes back, %v", len(got), len(b), err))
-				}
-				c.Close()
-				drop(i)
-			case op == 6: // reset
-				i, c := pick()
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close()
-				drop(i)
-			case op == 7: // pool edit: add or remove b1/b2
-				k := 1 + rng.IntN(2)
-				id := fmt.Sprintf("b%d", k)
-				var err error
-				if rng.IntN(2) == 0 {
-					err = ip.s.AddHost("u", "p", control.HostSpec{Address: backs[k].Addr(), ID: id, Weight: 1 + rng.IntN(3)})
-				} else {
-					err = ip.s.RemoveHost("u", "p", id)
-				}
-				if err != nil && !errors.Is(err, control.ErrNotFound) && !errors.Is(err, control.ErrConflict) {
-					fail(step, "edit", err)
-				}
-			case op == 8: // health flip: manual down/up of an edited host (b0 stays up)
-				id := fmt.Sprintf("b%d", 1+rng.IntN(2))
-				a := control.ActionDown
-				if rng.IntN(2) == 0 {
-					a = control.ActionUp
-				}
-				if err := ip.s.HostAction("u", "p", id, a); err != nil && !errors.Is(err, control.ErrNotFound) {
-					fail(step, "flip", err)
-				}
-			case op == 9: // reload, with a changed drain_timeout
-				d := []string{"50s", "60s"}[rng.IntN(2)]
-				os.WriteFile(ip.path, []byte(fmt.Sprintf("[control]\nstate_dir = %q\n", filepath.Join(filepath.Dir(ip.path), "state"))+
-					fmt.Sprintf(randomizedTOML, d, backs[0].Addr())), 0o644)
-				if err := ip.s.Reload(); err != nil {
-					fail(step, "reload", err)
-				}
-			}
-			// Invariant: every open connection still carries bytes intact.
-			if step%20 == 0 {
-				for _, c := range conns {
-					if err := echoCheck(c, []byte("probe")); err != nil {
-						fail(step, "invariant", err)
-					}
-				}
-			}
-		}
-		t.Logf("%d steps, %d connections open at the end, all intact", steps, len(conns))
-	}()
-	settle(t, g0, fd0)
 }
 
 func echoCheck(c net.Conn, b []byte) error {
