@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -430,4 +431,59 @@ func TestKnobs(t *testing.T) {
 			t.Errorf("make reliability runs %q, missing %q", out, want)
 		}
 	}
+}
+
+// TestFuzzTargetsListed: `make fuzz` runs every fuzz target in the module:
+// each `func FuzzX(f *testing.F)` is in the Makefile's FUZZ_TARGETS as
+// ./pkg:FuzzX, and every listed one exists.
+func TestFuzzTargetsListed(t *testing.T) {
+	mk, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	if m := regexp.MustCompile(`(?m)^FUZZ_TARGETS\s*=((?:.*\\\n)*.*)$`).FindSubmatch(mk); m != nil {
+		for _, f := range strings.Fields(strings.ReplaceAll(string(m[1]), "\\", " ")) {
+			listed[f] = true
+		}
+	}
+	found := map[string]bool{}
+	fuzzFunc := regexp.MustCompile(`(?m)^func (Fuzz\w+)\(\w+ \*testing\.F\)`)
+	err = filepath.WalkDir("../..", func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".")) && path != "../.." {
+			return filepath.SkipDir
+		}
+		if !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range fuzzFunc.FindAllSubmatch(b, -1) {
+			rel, _ := filepath.Rel("../..", filepath.Dir(path))
+			found["./"+filepath.ToSlash(rel)+":"+string(m[1])] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for f := range found {
+		if !listed[f] {
+			t.Errorf("%s is not in the Makefile's FUZZ_TARGETS: make fuzz would not run it", f)
+		}
+	}
+	for f := range listed {
+		if !found[f] {
+			t.Errorf("FUZZ_TARGETS lists %s, which does not exist", f)
+		}
+	}
+	if len(found) == 0 {
+		t.Fatal("no fuzz target found")
+	}
+	t.Logf("%d fuzz targets found", len(found))
 }
