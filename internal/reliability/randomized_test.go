@@ -366,7 +366,7 @@ func TestRandomized(t *testing.T) {
 				c.(*net.TCPConn).SetLinger(0)
 				c.Close()
 				m.drop(c)
-			case op < 13: // pool edit: add, remove or re-weight a host
+			case op < 14: // pool edit: add, remove or re-weight a host
 				k := rng.IntN(randHosts)
 				id := fmt.Sprintf("b%d", k)
 				w := rng.IntN(4)
@@ -404,10 +404,11 @@ func TestRandomized(t *testing.T) {
 						}
 					}
 				}
-			case op < 15: // admin action
+			case op < 16: // admin action
 				k := rng.IntN(randHosts)
 				id := fmt.Sprintf("b%d", k)
-				a := []control.Action{control.ActionDown, control.ActionUp, control.ActionUp, control.ActionDrain}[rng.IntN(4)]
+				// Up more often than not, so the pool is seldom unusable.
+				a := []control.Action{control.ActionDown, control.ActionUp, control.ActionUp, control.ActionUp, control.ActionDrain}[rng.IntN(5)]
 				what = fmt.Sprintf("%s %s", a, id)
 				var want error
 				if m.hosts[id] == nil {
@@ -423,7 +424,7 @@ func TestRandomized(t *testing.T) {
 				}
 			case op < 18: // health flip: the host's check endpoint starts or stops failing
 				k := rng.IntN(randHosts)
-				m.sick[k] = rng.IntN(3) == 0 // healthy more often than not
+				m.sick[k] = rng.IntN(4) == 0 // healthy more often than not
 				code := 200
 				if m.sick[k] {
 					code = 503
