@@ -137,3 +137,46 @@ func randomOp(rng *rand.Rand, pools, ids []string) op {
 	acts := []control.Action{control.ActionDown, control.ActionUp, control.ActionDrain}
 	return op{Op: opHostAction, Upstream: "u", Pool: p, Host: id, Action: acts[rng.IntN(len(acts))]}
 }
+
+// TestReplayRefusesBadOps: a journal read back from state_dir or from the
+// fleet store may hold ops the API would never have journaled (hand edits,
+// corruption, another writer): each is dropped with the reason, nothing
+// panics, and the good ops around them still apply.
+func TestReplayRefusesBadOps(t *testing.T) {
+	dir := t.TempDir()
+	s := newServer(t, filepath.Join(dir, "l4lb.toml"), fmt.Sprintf(editable, dir, "1s", "127.0.0.1:1"))
+	w := func(n int) *int { return &n }
+	bad := []op{
+		{Op: opPutUpstream, Upstream: "u"},
+		{Op: opAddPool, Upstream: "u"},
+		{Op: opPatchPool, Upstream: "u", Pool: "p"},
+		{Op: opAddHost, Upstream: "u", Pool: "p"},
+		{Op: opPatchHost, Upstream: "u", Pool: "p", Host: "a"},
+		{Op: opPatchHost, Upstream: "u", Pool: "p", Host: "a", Weight: w(-5)},
+		{Op: opPatchHost, Upstream: "u", Pool: "p", Host: "a", Weight: w(1001)},
+		{Op: opAddHost, Upstream: "u", Pool: "p", HostSpec: &control.HostSpec{ID: "big", Address: "127.0.0.2:1", Weight: 5000}},
+		{Op: opHostAction, Upstream: "u", Pool: "p", Host: "a", Action: "explode"},
+		{Op: "frobnicate", Upstream: "u"},
+	}
+	good := op{Op: opAddHost, Upstream: "u", Pool: "p", HostSpec: &control.HostSpec{ID: "ok", Address: "127.0.0.3:1", Weight: 7}}
+	for _, b := range bad {
+		if err := b.check(); err == nil && b.Op != opHostAction {
+			t.Errorf("op %s: check passed", opsString([]op{b}))
+		}
+	}
+	journal := append(append([]op(nil), bad...), good)
+	r := s.resolveOps(journal)
+	sp, kept := s.replay(specsFromConfig(s.cfg), journal, r)
+	if len(kept) != 1 || kept[0].Op != opAddHost || kept[0].HostSpec.ID != "ok" {
+		t.Fatalf("kept %s, want only the good op", opsString(kept))
+	}
+	v := view(sp)["u"]
+	if len(v.Pools) != 1 || len(v.Pools[0].Hosts) != 2 {
+		t.Fatalf("state after replay: %+v", v)
+	}
+	for _, h := range v.Pools[0].Hosts {
+		if h.ID == "a" && (h.Weight != 1 || h.State != 0 && h.State.String() != "up") {
+			t.Errorf("config host a changed by refused ops: %+v", h)
+		}
+	}
+}

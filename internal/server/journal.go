@@ -47,6 +47,9 @@ const (
 // come through here. The addresses o names were resolved before (r, from
 // resolveOps): applyOp runs under s.mu and does no DNS.
 func (s *Server) applyOp(sp specs, o op, r resolved) error {
+	if err := o.check(); err != nil {
+		return err
+	}
 	switch o.Op {
 	case opPutUpstream:
 		u, err := upstreamFromView(o.Upstream, *o.Body, sp[o.Upstream], r)
@@ -270,6 +273,49 @@ func loadJournal(path string) (*journalFile, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return j, nil
+}
+
+// check validates o on its own, as the control API validates a request
+// before it becomes an op: its payload is there and well formed. Live edits
+// pass it by construction; a journal read back from state_dir, or a fleet
+// journal another instance wrote to Consul, may not (a hand edit, a bug, a
+// newer or corrupt writer), and replay must refuse such an op, not panic or
+// apply a weight the API would have refused.
+func (o op) check() error {
+	missing := func(what string) error {
+		return &control.FieldError{Field: what, Msg: fmt.Sprintf("required for op %q", o.Op)}
+	}
+	switch o.Op {
+	case opPutUpstream:
+		if o.Body == nil {
+			return missing("body")
+		}
+		return o.Body.Validate()
+	case opDeleteUpstream:
+		return nil
+	case opAddPool:
+		if o.PoolSpec == nil {
+			return missing("pool_spec")
+		}
+		return o.PoolSpec.Validate()
+	case opPatchPool:
+		if o.PoolSet == nil {
+			return missing("pool_patch")
+		}
+		return o.PoolSet.Validate()
+	case opDeletePool:
+		return nil
+	case opAddHost:
+		if o.HostSpec == nil {
+			return missing("host_spec")
+		}
+		return o.HostSpec.Validate()
+	case opPatchHost:
+		return control.HostPatch{Weight: o.Weight}.Validate()
+	case opRemoveHost, opHostAction:
+		return nil // the host must exist; applyOp checks that, and the action
+	}
+	return &control.FieldError{Field: "op", Msg: fmt.Sprintf("unknown op %q", o.Op)}
 }
 
 // decodeJournal parses a journal file or a fleet store's value.

@@ -3,6 +3,7 @@ package testbackend
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,6 +16,8 @@ type Chaos struct {
 	BytesPerS int           // bandwidth cap per direction; 0 = none
 	CutAfter  int64         // close both sides after this many bytes backend→client; 0 = never
 	CutRST    bool          // cut with a reset (SO_LINGER 0) rather than a FIN
+
+	cuts atomic.Int64
 
 	ln   net.Listener
 	to   string
@@ -37,6 +40,12 @@ func StartChaos(c *Chaos, to string) (*Chaos, error) {
 
 // Addr returns the relay's address: point l4lb's host at it.
 func (c *Chaos) Addr() string { return c.ln.Addr().String() }
+
+// Cuts returns how many connections the relay has cut so far (CutAfter
+// reached). A test that sends traffic through it can then tell a cut it
+// caused from bytes lost elsewhere: each cut can explain at most one
+// short or reset connection.
+func (c *Chaos) Cuts() int64 { return c.cuts.Load() }
 
 // Close stops the relay, cuts every connection and waits for its goroutines.
 func (c *Chaos) Close() {
@@ -94,7 +103,11 @@ func (c *Chaos) relay(in, out *net.TCPConn) {
 		c.pump(out, in, 0)
 		out.CloseWrite()
 	}()
-	if cut := c.pump(in, out, c.CutAfter); cut && c.CutRST {
+	cut := c.pump(in, out, c.CutAfter)
+	if cut {
+		c.cuts.Add(1)
+	}
+	if cut && c.CutRST {
 		in.SetLinger(0)
 		out.SetLinger(0)
 		in.Close()
