@@ -512,3 +512,24 @@ func TestSourceAddress(t *testing.T) {
 		t.Fatalf("backend saw the connect from %s, want 127.0.0.7", ip)
 	}
 }
+
+// TestAllHostsFullReason: when every usable host is at its max_connections,
+// a new client is closed at once and the line says so, rather than "no
+// usable host in any pool", which would send an operator looking for down
+// hosts.
+func TestAllHostsFullReason(t *testing.T) {
+	a := testbackend.New(t, testbackend.Tagger("a"))
+	u := upstream(t, []string{a.Addr()})
+	u.Pools()[0].Hosts[0].SetMaxConns(1)
+	r, logs := startLogged(t, defaults(u))
+	held := dialFrom(t, "127.0.0.1", r.addr)
+	held.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got := tagOf(t, held); got != "a" {
+		t.Fatalf("first connection reached %q", got)
+	}
+	expectPromptEOF(t, r.addr, time.Second)
+	lines := logs.lines("client closed: no backend")
+	if len(lines) != 1 || !strings.Contains(fmt.Sprint(lines[0]["reason"]), "max_connections") {
+		t.Errorf("no-backend lines %v, want one whose reason names max_connections", lines)
+	}
+}

@@ -217,7 +217,9 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 			Str(logkey.Reason, reason).Int(logkey.Try, n).Int(logkey.Tries, tries).Msg("connect failed")
 	}
 	switch {
-	case n == 0 && full > 0:
+	case n == 0 && (full > 0 || allFull(s.Upstream)):
+		// Pick skips full hosts, so usually none reaches TryAcquire:
+		// look before saying "no usable host" to an operator.
 		return nil, nil, nil, errors.New("every usable host is at its max_connections")
 	case n == 0:
 		return nil, nil, nil, errors.New("no usable host in any pool")
@@ -291,4 +293,17 @@ func setKeepalive(c *net.TCPConn, d time.Duration) {
 		return
 	}
 	c.SetKeepAliveConfig(keepaliveConfig(d))
+}
+
+// allFull reports whether some host of u would take a connection but for
+// its max_connections: then every such host is full (connect found none).
+func allFull(u *pool.Upstream) bool {
+	for _, p := range u.Pools() {
+		for _, h := range p.Hosts {
+			if h.State() == pool.StateUp && h.Weight() > 0 && h.Full() {
+				return true
+			}
+		}
+	}
+	return false
 }
