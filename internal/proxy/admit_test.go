@@ -528,6 +528,8 @@ func TestAllHostsFullReason(t *testing.T) {
 		t.Fatalf("first connection reached %q", got)
 	}
 	expectPromptEOF(t, r.addr, time.Second)
+	// The client is closed first, then the line is written.
+	waitFor(t, func() bool { return len(logs.lines("client closed: no backend")) > 0 })
 	lines := logs.lines("client closed: no backend")
 	if len(lines) != 1 || !strings.Contains(fmt.Sprint(lines[0]["reason"]), "max_connections") {
 		t.Errorf("no-backend lines %v, want one whose reason names max_connections", lines)
