@@ -16,25 +16,8 @@ import (
 // TestEngineUnixSCMRights: a unix stream peer that passes an fd: the read
 // stops after that skb (short) with more bytes queued.
 func TestEngineUnixSCMRights(t *testing.T) {
-	dir := t.TempDir()
-	pair := func(name string) (*net.UnixConn, *net.UnixConn) {
-		ln, err := net.Listen("unix", filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		c, err := net.Dial("unix", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c.(*net.UnixConn), s.(*net.UnixConn)
-	}
-	client, a := pair("a")
-	b, server := pair("b")
+	client, a := unixPair(t, "unix")
+	b, server := unixPair(t, "unix")
 	defer client.Close()
 	defer server.Close()
 	s := New(a, b, Options{})
@@ -76,25 +59,8 @@ func TestEngineUnixSCMRights(t *testing.T) {
 // TestEngineUnixPacket: *net.UnixConn of type SOCK_SEQPACKET: each read
 // returns one record, so a short read does not mean the queue is empty.
 func TestEngineUnixPacket(t *testing.T) {
-	dir := t.TempDir()
-	pair := func(name string) (*net.UnixConn, *net.UnixConn) {
-		ln, err := net.Listen("unixpacket", filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		c, err := net.Dial("unixpacket", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c.(*net.UnixConn), s.(*net.UnixConn)
-	}
-	client, a := pair("a")
-	b, server := pair("b")
+	client, a := unixPair(t, "unixpacket")
+	b, server := unixPair(t, "unixpacket")
 	defer client.Close()
 	defer server.Close()
 	s := New(a, b, Options{})
@@ -119,19 +85,8 @@ func TestEngineUnixPacket(t *testing.T) {
 }
 
 func TestEngineUnixPacketQueued(t *testing.T) {
-	dir := t.TempDir()
-	pair := func(name string) (*net.UnixConn, *net.UnixConn) {
-		ln, err := net.Listen("unixpacket", filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		c, _ := net.Dial("unixpacket", ln.Addr().String())
-		s, _ := ln.Accept()
-		return c.(*net.UnixConn), s.(*net.UnixConn)
-	}
-	client, a := pair("a")
-	b, server := pair("b")
+	client, a := unixPair(t, "unixpacket")
+	b, server := unixPair(t, "unixpacket")
 	defer client.Close()
 	defer server.Close()
 	for i := 0; i < 5; i++ {
@@ -153,16 +108,8 @@ func TestEngineUnixPacketQueued(t *testing.T) {
 }
 
 func TestEngineUnixOOB(t *testing.T) {
-	dir := t.TempDir()
-	pair := func(name string) (*net.UnixConn, *net.UnixConn) {
-		ln, _ := net.Listen("unix", filepath.Join(dir, name))
-		defer ln.Close()
-		c, _ := net.Dial("unix", ln.Addr().String())
-		s, _ := ln.Accept()
-		return c.(*net.UnixConn), s.(*net.UnixConn)
-	}
-	client, a := pair("a")
-	b, server := pair("b")
+	client, a := unixPair(t, "unix")
+	b, server := unixPair(t, "unix")
 	defer client.Close()
 	defer server.Close()
 	s := New(a, b, Options{})
@@ -201,19 +148,8 @@ func TestEngineUnixOOB(t *testing.T) {
 }
 
 func TestEngineUnixPacketBlocked(t *testing.T) {
-	dir := t.TempDir()
-	pair := func(name string) (*net.UnixConn, *net.UnixConn) {
-		ln, err := net.Listen("unixpacket", filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		c, _ := net.Dial("unixpacket", ln.Addr().String())
-		s, _ := ln.Accept()
-		return c.(*net.UnixConn), s.(*net.UnixConn)
-	}
-	client, a := pair("a")
-	b, server := pair("b")
+	client, a := unixPair(t, "unixpacket")
+	b, server := unixPair(t, "unixpacket")
 	defer client.Close()
 	defer server.Close()
 	s := New(a, b, Options{})
@@ -258,4 +194,26 @@ func TestEngineHugeIdle(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	st.exchange(t, []byte("x"))
+}
+
+// unixPair returns both ends of a fresh unix connection of network ("unix"
+// for a stream, "unixpacket" for seqpacket): the dialed one and the
+// accepted one.
+func unixPair(t *testing.T, network string) (dialed, accepted *net.UnixConn) {
+	t.Helper()
+	ln, err := net.Listen(network, filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial(network, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	return c.(*net.UnixConn), s.(*net.UnixConn)
 }

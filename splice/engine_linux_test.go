@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -375,19 +374,7 @@ func TestEngineTimers(t *testing.T) {
 
 // TestEngineUnix: unix stream sockets run on the engine too.
 func TestEngineUnix(t *testing.T) {
-	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("unix", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, s := unixPair(t, "unix")
 	client, a := tcpPair(t)
 	defer client.Close()
 	defer c.Close()
@@ -404,7 +391,7 @@ func TestEngineUnix(t *testing.T) {
 		t.Fatalf("got %d bytes, %v", len(got), err)
 	}
 	c.Write([]byte("done"))
-	c.(*net.UnixConn).CloseWrite()
+	c.CloseWrite()
 	back, _ := io.ReadAll(client)
 	if string(back) != "done" {
 		t.Fatalf("client got %q", back)
