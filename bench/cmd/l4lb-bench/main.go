@@ -5,6 +5,7 @@
 //	l4lb-bench -bin bin/l4lb            # quick mode, under 5 minutes
 //	l4lb-bench -bin bin/l4lb -full      # 3 repetitions, longer runs
 //	l4lb-bench -bin bin/l4lb -smoke     # a few seconds, direct and l4lb only
+//	l4lb-bench -smoke -only udp         # only the udp scenario (-only bulk,redis,udp,idle)
 package main
 
 import (
@@ -14,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,7 +29,11 @@ func main() {
 	flag.StringVar(&o.Bin, "bin", "bin/l4lb", "the l4lb binary")
 	flag.BoolVar(&o.Full, "full", false, "full mode: 3 repetitions, longer runs, 10 000 idle connections")
 	flag.BoolVar(&o.Smoke, "smoke", false, "smoke mode: direct and l4lb only, a few seconds, installs nothing")
+	only := flag.String("only", "", "comma-separated scenarios to run (bulk, redis, udp, idle); empty = all")
 	flag.Parse()
+	if *only != "" {
+		o.Only = strings.Split(*only, ",")
+	}
 	o.Install = !*noInstall
 	o.Log = os.Stderr
 	if *out == "" {
