@@ -23,7 +23,10 @@ type Options struct {
 	// Only, when set, runs only the scenarios whose name starts with one of
 	// these words ("bulk", "redis", "udp", "idle"); nil runs them all.
 	Only []string
-	Log  io.Writer // progress lines; nil = discard
+	// UDPTime, when set, is how long the udp scenario runs instead of the
+	// mode's default (smoke 1 s, quick 3 s, full 8 s).
+	UDPTime time.Duration
+	Log     io.Writer // progress lines; nil = discard
 }
 
 // params are the sizes of one mode. Every load loop is bounded by these counts
@@ -103,6 +106,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	o.Bin = bin
 	r := &runner{opt: o, p: paramsFor(o), log: o.Log}
+	if o.UDPTime > 0 {
+		r.p.udpDur = o.UDPTime
+	}
 	if !o.Smoke {
 		if err := ensureTools(o.Install, r.logf); err != nil {
 			return nil, err
