@@ -40,9 +40,11 @@ type mmsghdr struct {
 // already took costs one empty recvmmsg. It holds only within one
 // RawConn.Read: each call starts by clearing the readiness Go has recorded
 // (internal/poll's prepareRead), so the first callback of a call always
-// reads. It also needs a socket with no errors to report: the kernel keeps
-// an error met after some datagrams for the next call without a wake-up,
-// and an unconnected socket without IP_RECVERR gets no ICMP errors.
+// reads. A socket error met after some datagrams is kept by the kernel for
+// the next call, with no wake-up of its own; but such an error (an ICMP
+// one, the only kind a UDP receive reports) woke the poller when it
+// arrived, after this batch began, so the wait ends at once. (An
+// unconnected socket without IP_RECVERR gets none anyway.)
 type reader struct {
 	rc      syscall.RawConn
 	deliver func(b []byte, from netip.AddrPort, oob []byte)
