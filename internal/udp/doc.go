@@ -38,10 +38,9 @@
 // once, and a batch that comes back short means the queue is empty, so it
 // waits without the extra read that would return EAGAIN. Each session
 // has one goroutine (replyLoop) that waits for replies on the session socket
-// without holding a buffer (a RawConn read callback takes buffers from a
-// pool only when a reply is ready, and reads two at a time so that a short
-// batch, not an EAGAIN, says the socket is empty), so an idle session costs
-// a goroutine, a socket and about 300 bytes. A session ended by its reply goroutine is
+// without holding a buffer (a RawConn read callback takes a buffer from a
+// pool only when a reply is ready), so an idle session costs a goroutine, a
+// socket and about 300 bytes. A session ended by its reply goroutine is
 // marked so and handed back to the owner over a channel that is never closed;
 // the counters of a session are folded into the host and the listener by
 // whichever of the two lets go of it last.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -69,6 +70,8 @@ type session struct {
 	refs atomic.Int32
 }
 
+var bufPool = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
+
 // dial opens a connected socket to h for a new session of client from.
 func (l *Listener) dial(set *Settings, p *pool.Pool, h *pool.Host, from netip.AddrPort, dst []byte) (*session, error) {
 	if h.Network == "unix" {
@@ -111,9 +114,9 @@ func (s *session) send(b []byte) error {
 // replies to the client until the session ends.
 //
 // It waits through a RawConn read callback rather than conn.Read so that no
-// buffer is held while the session is idle: buffers are taken (readReplies)
-// only when the socket is readable, and every ready reply is relayed before
-// waiting again.
+// buffer is held while the session is idle: one comes from bufPool only when
+// the socket is readable, and every ready reply is relayed before waiting
+// again.
 func (s *session) replyLoop() {
 	defer s.l.wg.Done()
 	defer s.release()
@@ -122,48 +125,48 @@ func (s *session) replyLoop() {
 		s.stop(endError, err.Error())
 		return
 	}
-	rr := &replies{s: s}
-	_ = rc.Read(rr.readReplies)
+	var end endReason
+	var reason string
+	replies := 0
+	_ = rc.Read(func(fd uintptr) bool {
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		for {
+			n, err := syscall.Read(int(fd), *bp)
+			switch {
+			case err == syscall.EINTR:
+				continue
+			case err == syscall.EAGAIN:
+				return false // wait for readability
+			case err != nil:
+				end, reason = endOf(err), errReason(err)
+				return true
+			}
+			replies++
+			if s.set.Responses > 0 && replies >= s.set.Responses {
+				// Mark the end before the client sees the last reply:
+				// its next datagram must open a new session, not go to
+				// a socket about to close. The socket cannot be closed
+				// here: Close waits for this callback to return.
+				if s.end.CompareAndSwap(uint32(endNone), uint32(endResponses)) {
+					s.l.countEnd(endResponses)
+				}
+				s.reply((*bp)[:n])
+				end = endResponses
+				return true
+			}
+			s.reply((*bp)[:n])
+		}
+	})
 	// A read error from rc.Read itself means the owner closed the socket:
 	// the session has ended already.
-	if rr.end != endNone {
-		if rr.end == endRefused {
-			s.l.hostError(s, rr.reason)
+	if end != endNone {
+		if end == endRefused {
+			s.l.hostError(s, reason)
 		}
-		s.stop(rr.end, rr.reason)
+		s.stop(end, reason)
 	}
 }
-
-// replies is the state of a reply goroutine's read callback.
-type replies struct {
-	s      *session
-	n      int       // replies relayed
-	end    endReason // why the callback stopped the session, if it did
-	reason string
-}
-
-// got relays one reply; false means the session has had its last one.
-func (rr *replies) got(b []byte) bool {
-	s := rr.s
-	rr.n++
-	if s.set.Responses > 0 && rr.n >= s.set.Responses {
-		// Mark the end before the client sees the last reply: its next
-		// datagram must open a new session, not go to a socket about to
-		// close. The socket cannot be closed here: Close waits for the
-		// read callback to return.
-		if s.end.CompareAndSwap(uint32(endNone), uint32(endResponses)) {
-			s.l.countEnd(endResponses)
-		}
-		s.reply(b)
-		rr.end = endResponses
-		return false
-	}
-	s.reply(b)
-	return true
-}
-
-// failed records the socket error that ends the session.
-func (rr *replies) failed(err error) { rr.end, rr.reason = endOf(err), errReason(err) }
 
 // stop ends the session from its reply goroutine and hands it back to the
 // owner. The channel is never closed and the send never blocks: if it is
