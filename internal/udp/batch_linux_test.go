@@ -3,6 +3,8 @@ package udp
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -108,5 +110,84 @@ func TestBurst(t *testing.T) {
 				t.Errorf("stats %+v; want 1 session, %d datagrams up", st, len(sent))
 			}
 		})
+	}
+}
+
+// BenchmarkReadQueued: the cost per datagram of taking k queued datagrams
+// off a socket, one recvfrom(2) each and one more to see EAGAIN (what a
+// read per datagram does), against the owner's recvmmsg of up to
+// batchSize. The writes are not timed.
+//
+//	go test -run - -bench ReadQueued ./internal/udp/
+func BenchmarkReadQueued(b *testing.B) {
+	for _, k := range []int{1, 2, 4, 16} {
+		for _, mode := range []string{"net", "recvfrom", "recvmmsg"} {
+			b.Run(fmt.Sprintf("queued=%d/%s", k, mode), func(b *testing.B) {
+				c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				_ = c.SetReadBuffer(4 << 20)
+				w := client(b, c.LocalAddr().String())
+				got := 0
+				r, err := newReader(c, false, func([]byte, netip.AddrPort, []byte) { got++ })
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer r.close()
+				buf := make([]byte, maxDatagram)
+				msg := make([]byte, 64)
+				rc, _ := c.SyscallConn()
+				err = rc.Control(func(fd uintptr) {
+					for b.Loop() {
+						b.StopTimer()
+						for range k {
+							if _, err := w.Write(msg); err != nil {
+								b.Fatal(err)
+							}
+						}
+						got = 0
+						b.StartTimer()
+						switch mode {
+						case "recvmmsg":
+							for got < k && r.recvmmsg(fd) {
+							}
+						case "net":
+							// What serve did before batching: net's read per
+							// datagram, then one that finds the queue empty
+							// (made raw here: net's would wait).
+							for range k {
+								if _, _, err := c.ReadFromUDPAddrPort(buf); err != nil {
+									b.Fatal(err)
+								}
+								got++
+							}
+							_, _, _ = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+						default:
+							// The system call net's ReadFromUDPAddrPort makes,
+							// without its allocation-free address decoding.
+							var from unix.RawSockaddrInet6
+							for {
+								n := uint32(unix.SizeofSockaddrInet6)
+								_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
+									unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&from)), uintptr(unsafe.Pointer(&n)))
+								if errno != 0 {
+									break
+								}
+								got++
+							}
+						}
+						if got != k {
+							b.Fatalf("read %d of %d", got, k)
+						}
+					}
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*k), "ns/datagram")
+			})
+		}
 	}
 }
