@@ -16,10 +16,16 @@ import (
 // Options select what a run measures and for how long. The zero value is the
 // quick mode with every target, except that Bin must be set.
 type Options struct {
-	Bin     string    // the l4lb binary (required)
-	Full    bool      // full mode: 3 repetitions, longer runs, 10 000 idle connections
-	Smoke   bool      // smoke mode: direct and l4lb only, a few seconds, never installs
-	Install bool      // install missing Debian packages with apt-get (not in smoke mode)
+	Bin     string // the l4lb binary (required)
+	Full    bool   // full mode: 3 repetitions, longer runs, 10 000 idle connections
+	Smoke   bool   // smoke mode: direct and l4lb only, a few seconds, never installs
+	Install bool   // install missing Debian packages with apt-get (not in smoke mode)
+	// Only, when set, runs only the scenarios whose name starts with one of
+	// these words ("bulk", "redis", "udp", "idle"); nil runs them all.
+	Only []string
+	// UDPTime, when set, is how long the udp scenario runs instead of the
+	// mode's default (smoke 1 s, quick 3 s, full 8 s).
+	UDPTime time.Duration
 	Log     io.Writer // progress lines; nil = discard
 }
 
@@ -100,6 +106,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	o.Bin = bin
 	r := &runner{opt: o, p: paramsFor(o), log: o.Log}
+	if o.UDPTime > 0 {
+		r.p.udpDur = o.UDPTime
+	}
 	if !o.Smoke {
 		if err := ensureTools(o.Install, r.logf); err != nil {
 			return nil, err
@@ -147,6 +156,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	start := time.Now()
 	for rep := 0; rep < r.p.reps; rep++ {
 		for _, sc := range r.scenarios() {
+			if !r.selected(sc.name) {
+				continue
+			}
 			if sc.skip != "" {
 				if rep == 0 {
 					r.rep.Notes = append(r.rep.Notes, sc.name+" skipped: "+sc.skip)
@@ -203,6 +215,19 @@ func (r *runner) scenarios() []scenario {
 		{"udp echo", "", r.udpEcho},
 		{"idle connections", "", r.idle},
 	}
+}
+
+// selected reports whether Options.Only lets the scenario called name run.
+func (r *runner) selected(name string) bool {
+	if len(r.opt.Only) == 0 {
+		return true
+	}
+	for _, w := range r.opt.Only {
+		if w != "" && strings.HasPrefix(name, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // stopAll stops every process the run started, by PID, newest first, then the

@@ -24,8 +24,9 @@
 //   - idle: RSS at rest, then RSS and fds per connection while 5 000 (full
 //     mode: 10 000) connections that have echoed one byte sit idle.
 //
-// Targets that cannot run a scenario leave the cell empty: HAProxy has no UDP,
-// and l4lb's UDP is measured only once `l4lb check` accepts protocol = "udp".
+// Targets that cannot run a scenario leave the cell empty: HAProxy has no UDP
+// (and an l4lb binary whose `l4lb check` rejects protocol = "udp" is noted and
+// skipped there). Options.Only (l4lb-bench -only udp) runs some scenarios alone.
 //
 // # What it will not do
 //

@@ -87,15 +87,23 @@ func (r *runner) start(ctx context.Context, t *target) (*instance, error) {
 		in.udp = true
 		return in, nil
 	}
+	// A port freed by one freePort call can come back from the next (the
+	// kernel may hand out the same ephemeral port again), and l4lb refuses a
+	// config with two listeners on one address: draw again.
+	used := map[int]bool{}
 	for s := service(0); s < nService; s++ {
 		net := "tcp"
 		if s == svcUDP {
 			net = "udp"
 		}
 		p, err := freePort(net)
+		for try := 0; err == nil && used[p] && try < 10; try++ {
+			p, err = freePort(net)
+		}
 		if err != nil {
 			return nil, err
 		}
+		used[p] = true
 		in.addr[s] = fmt.Sprintf("127.0.0.1:%d", p)
 	}
 	r.seq++

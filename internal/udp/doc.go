@@ -33,7 +33,10 @@
 //
 // One goroutine (serve) owns the session table: it reads the listener
 // socket, looks sessions up and creates them, sweeps idle ones, and answers
-// Sessions() requests. No lock is taken on the datagram path. Each session
+// Sessions() requests. No lock is taken on the datagram path. On Linux it
+// reads up to 16 datagrams per system call (recvmmsg), into buffers set up
+// once, and a batch that comes back short means the queue is empty, so it
+// waits without the extra read that would return EAGAIN. Each session
 // has one goroutine (replyLoop) that waits for replies on the session socket
 // without holding a buffer (a RawConn read callback takes a buffer from a
 // pool only when a reply is ready), so an idle session costs a goroutine, a

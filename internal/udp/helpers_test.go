@@ -111,13 +111,19 @@ type hostSpec struct {
 // priority i*10 and is named p<i>; host ids are their addresses.
 func upstream(t testing.TB, pools ...[]hostSpec) *pool.Upstream {
 	t.Helper()
+	return upstreamOf(t, pool.MethodRoundRobin, pools...)
+}
+
+// upstreamOf is upstream with every pool's method set to m.
+func upstreamOf(t testing.TB, m pool.Method, pools ...[]hostSpec) *pool.Upstream {
+	t.Helper()
 	var ps []*pool.Pool
 	for i, hosts := range pools {
 		var hs []*pool.Host
 		for _, h := range hosts {
 			hs = append(hs, pool.NewHost("", "udp", h.addr, h.weight))
 		}
-		p, err := pool.NewPool(fmt.Sprintf("p%d", i), i*10, pool.MethodRoundRobin, hs)
+		p, err := pool.NewPool(fmt.Sprintf("p%d", i), i*10, m, hs)
 		if err != nil {
 			t.Fatal(err)
 		}

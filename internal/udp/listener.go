@@ -252,11 +252,13 @@ type owner struct {
 // owner never needs a second goroutine or a lock to reach its table.
 func (l *Listener) serve() error {
 	o := &owner{table: make(map[netip.AddrPort]*session)}
-	buf := make([]byte, maxDatagram)
-	var oob []byte
-	if l.pktinfo {
-		oob = make([]byte, oobSize)
+	rd, err := newReader(l.conn, l.pktinfo, func(b []byte, from netip.AddrPort, dst []byte) {
+		l.handle(o, b, from, dst)
+	})
+	if err != nil {
+		return fmt.Errorf("udp listener %s: %w", l.name, err)
 	}
+	defer rd.close()
 	defer func() {
 		for _, s := range o.table {
 			l.remove(o, s, endShutdown)
@@ -267,32 +269,18 @@ func (l *Listener) serve() error {
 		return nil // closed already
 	}
 	for {
-		var n, oobn int
-		var from netip.AddrPort
-		var err error
-		if oob != nil {
-			n, oobn, _, from, err = l.conn.ReadMsgUDPAddrPort(buf, oob)
-		} else {
-			n, from, err = l.conn.ReadFromUDPAddrPort(buf)
-		}
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				l.housekeep(o)
-				continue
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
+		err := rd.read() // hands each datagram to handle
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			l.housekeep(o)
+		case errors.Is(err, net.ErrClosed):
+			return nil
+		default:
 			// An unconnected socket reports no ICMP errors (no IP_RECVERR);
 			// what is left is rare and local (ENOBUFS, ENOMEM): keep going.
 			l.warn(err.Error(), "read failed")
-			continue
 		}
-		var dst []byte
-		if oob != nil {
-			dst = oob[:oobn]
-		}
-		l.handle(o, buf[:n], from, dst)
 	}
 }
 

@@ -5,6 +5,8 @@
 //	l4lb-bench -bin bin/l4lb            # quick mode, under 5 minutes
 //	l4lb-bench -bin bin/l4lb -full      # 3 repetitions, longer runs
 //	l4lb-bench -bin bin/l4lb -smoke     # a few seconds, direct and l4lb only
+//	l4lb-bench -smoke -only udp         # only the udp scenario (-only bulk,redis,udp,idle)
+//	l4lb-bench -smoke -only udp -udp-time 5s
 package main
 
 import (
@@ -14,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,7 +30,12 @@ func main() {
 	flag.StringVar(&o.Bin, "bin", "bin/l4lb", "the l4lb binary")
 	flag.BoolVar(&o.Full, "full", false, "full mode: 3 repetitions, longer runs, 10 000 idle connections")
 	flag.BoolVar(&o.Smoke, "smoke", false, "smoke mode: direct and l4lb only, a few seconds, installs nothing")
+	flag.DurationVar(&o.UDPTime, "udp-time", 0, "how long the udp scenario runs (default: 1s smoke, 3s quick, 8s full)")
+	only := flag.String("only", "", "comma-separated scenarios to run (bulk, redis, udp, idle); empty = all")
 	flag.Parse()
+	if *only != "" {
+		o.Only = strings.Split(*only, ",")
+	}
 	o.Install = !*noInstall
 	o.Log = os.Stderr
 	if *out == "" {
