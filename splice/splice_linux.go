@@ -243,10 +243,13 @@ func (l *loop) readSplice(s *Session, f *flow) bool {
 }
 
 // flush writes pending bytes to dst until they are all written (the buffer
-// is then given back) or dst is full (f.full set). A write that takes only
-// part of the bytes marks dst full at once: the socket's send buffer is,
-// and TCP (SOCK_NOSPACE) and unix sockets wake their waiters when space
-// frees up, so EPOLLOUT will come without asking for EAGAIN first.
+// is then given back) or dst says EAGAIN (f.full set: EPOLLOUT will come).
+// A write that takes only part of the bytes is followed by another, as the
+// goroutine copier did, rather than taken to mean "full": only EAGAIN
+// promises an edge (the kernel sets SOCK_NOSPACE on that path), while a
+// short write can have other causes (splice_to_socket stops at an error
+// after moving some pages, for one), and waiting for an EPOLLOUT that never
+// comes would wedge the direction.
 func (l *loop) flush(s *Session, f *flow) bool {
 	for f.pn > 0 {
 		m, err := unix.Splice(f.p.r, nil, f.dst.fd, nil, f.pn, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
@@ -266,10 +269,6 @@ func (l *loop) flush(s *Session, f *flow) bool {
 		}
 		f.pn -= int(m)
 		f.n.Add(uint64(m))
-		if f.pn > 0 {
-			f.full = true
-			return true
-		}
 	}
 	for f.off < f.end {
 		m, err := unix.Write(f.dst.fd, (*f.buf)[f.off:f.end])
@@ -285,10 +284,6 @@ func (l *loop) flush(s *Session, f *flow) bool {
 		}
 		f.off += m
 		f.n.Add(uint64(m))
-		if f.off < f.end {
-			f.full = true
-			return true
-		}
 	}
 	if f.buf != nil {
 		smallPool.Put(f.buf)
