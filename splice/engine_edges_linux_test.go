@@ -16,14 +16,7 @@ import (
 // TestEngineUnixSCMRights: a unix stream peer that passes an fd: the read
 // stops after that skb (short) with more bytes queued.
 func TestEngineUnixSCMRights(t *testing.T) {
-	client, a := unixPair(t, "unix")
-	b, server := unixPair(t, "unix")
-	defer client.Close()
-	defer server.Close()
-	s := New(a, b, Options{})
-	res := make(chan Result, 1)
-	s.Start(func(r Result) { res <- r })
-	defer s.Abort("cleanup")
+	client, server := startUnix(t, "unix")
 	// small mode first
 	for i := 0; i < 3; i++ {
 		client.Write([]byte("ping"))
@@ -59,14 +52,7 @@ func TestEngineUnixSCMRights(t *testing.T) {
 // TestEngineUnixPacket: *net.UnixConn of type SOCK_SEQPACKET: each read
 // returns one record, so a short read does not mean the queue is empty.
 func TestEngineUnixPacket(t *testing.T) {
-	client, a := unixPair(t, "unixpacket")
-	b, server := unixPair(t, "unixpacket")
-	defer client.Close()
-	defer server.Close()
-	s := New(a, b, Options{})
-	res := make(chan Result, 1)
-	s.Start(func(r Result) { res <- r })
-	defer s.Abort("cleanup")
+	client, server := startUnix(t, "unixpacket")
 	// Queue many records back to back.
 	for i := 0; i < 50; i++ {
 		if _, err := client.Write([]byte{byte(i)}); err != nil {
@@ -108,13 +94,7 @@ func TestEngineUnixPacketQueued(t *testing.T) {
 }
 
 func TestEngineUnixOOB(t *testing.T) {
-	client, a := unixPair(t, "unix")
-	b, server := unixPair(t, "unix")
-	defer client.Close()
-	defer server.Close()
-	s := New(a, b, Options{})
-	s.Start(func(r Result) {})
-	defer s.Abort("cleanup")
+	client, server := startUnix(t, "unix")
 	for i := 0; i < 3; i++ {
 		client.Write([]byte("ping"))
 		buf := make([]byte, 4)
@@ -148,13 +128,7 @@ func TestEngineUnixOOB(t *testing.T) {
 }
 
 func TestEngineUnixPacketBlocked(t *testing.T) {
-	client, a := unixPair(t, "unixpacket")
-	b, server := unixPair(t, "unixpacket")
-	defer client.Close()
-	defer server.Close()
-	s := New(a, b, Options{})
-	s.Start(func(r Result) {})
-	defer s.Abort("cleanup")
+	client, server := startUnix(t, "unixpacket")
 	rec := make([]byte, 1000)
 	buf := make([]byte, 4096)
 	for i := 0; i < 3; i++ {
@@ -216,4 +190,21 @@ func unixPair(t *testing.T, network string) (dialed, accepted *net.UnixConn) {
 		t.Fatal(err)
 	}
 	return c.(*net.UnixConn), s.(*net.UnixConn)
+}
+
+// startUnix starts an engine session between two fresh unix connections of
+// network and returns the outer ends: the client's and the server's. The
+// session and the connections are cleaned up when the test ends.
+func startUnix(t *testing.T, network string) (client, server *net.UnixConn) {
+	t.Helper()
+	client, a := unixPair(t, network)
+	b, server := unixPair(t, network)
+	s := New(a, b, Options{})
+	s.Start(func(Result) {})
+	t.Cleanup(func() {
+		client.Close()
+		server.Close()
+		s.Abort("cleanup")
+	})
+	return client, server
 }
