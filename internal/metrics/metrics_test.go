@@ -345,23 +345,7 @@ func runServer(t *testing.T, toml string) *server.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New("", cfg, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Bind(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server Run: %v", err)
-		}
-	})
-	return srv
+	return serve(t, "", cfg)
 }
 
 // TestDiscoveryMetrics: a pool following a service of the Consul stand-in
@@ -439,6 +423,13 @@ func runServerFile(t *testing.T, path, toml string) *server.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serve(t, path, cfg)
+}
+
+// serve binds and runs a server for cfg (read from path, "" = none) until
+// the test ends.
+func serve(t *testing.T, path string, cfg *config.Config) *server.Server {
+	t.Helper()
 	srv, err := server.New(path, cfg, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
