@@ -291,7 +291,9 @@ func (o op) check() error {
 			return missing("body")
 		}
 		return o.Body.Validate()
-	case opDeleteUpstream:
+	case opDeleteUpstream, opDeletePool, opRemoveHost, opHostAction:
+		// No payload: what they name must exist, and an action must be
+		// known; applyOp checks both against the state.
 		return nil
 	case opAddPool:
 		if o.PoolSpec == nil {
@@ -303,8 +305,6 @@ func (o op) check() error {
 			return missing("pool_patch")
 		}
 		return o.PoolSet.Validate()
-	case opDeletePool:
-		return nil
 	case opAddHost:
 		if o.HostSpec == nil {
 			return missing("host_spec")
@@ -312,8 +312,6 @@ func (o op) check() error {
 		return o.HostSpec.Validate()
 	case opPatchHost:
 		return control.HostPatch{Weight: o.Weight}.Validate()
-	case opRemoveHost, opHostAction:
-		return nil // the host must exist; applyOp checks that, and the action
 	}
 	return &control.FieldError{Field: "op", Msg: fmt.Sprintf("unknown op %q", o.Op)}
 }
