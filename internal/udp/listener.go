@@ -423,6 +423,18 @@ func (l *Listener) open(o *owner, from netip.AddrPort, dst []byte, skipHost *poo
 	set := l.set.Load()
 	if set.MaxSessions > 0 && len(o.table) >= set.MaxSessions {
 		l.reap(o) // sessions that ended on their own may still hold slots
+		if len(o.table) >= set.MaxSessions && int(l.active.Load()) < len(o.table) {
+			// A session counts its end (its last response) before it
+			// sends that response and only then hands itself back, so
+			// a client that got the response may come back before the
+			// session is in l.ended. The gauge says some entry has
+			// ended: find it rather than drop the datagram.
+			for _, e := range o.table {
+				if e.ended() {
+					l.remove(o, e, endNone)
+				}
+			}
+		}
 		if len(o.table) >= set.MaxSessions {
 			l.droppedFull.Add(1)
 			l.warn(fmt.Sprintf("session table full (max_sessions = %d)", set.MaxSessions), "datagram dropped")

@@ -186,6 +186,27 @@ func TestResponses(t *testing.T) {
 	}
 }
 
+// TestResponsesFreeTheSlot: with max_sessions = 1 and responses = 1, a
+// client that got its reply leaves room for the next client at once. A
+// session counts its end before it sends the last reply and hands itself
+// back to the table's owner after, so the next client's query can come in
+// between; it used to be dropped as "table full".
+func TestResponsesFreeTheSlot(t *testing.T) {
+	a := newBackend(t, "127.0.0.1:0", 0, echo)
+	r := start(t, &Settings{Upstream: upstream(t, hosts(a.addr())), IdleTimeout: time.Minute, Responses: 1, MaxSessions: 1})
+	for i := range 300 {
+		c := client(t, r.addr)
+		if got := roundTrip(t, c, "q", scaled(2*time.Second)); got != "q" {
+			t.Fatalf("client %d: reply %q; stats %+v", i, got, r.l.Stats())
+		}
+		eventually(t, 2*time.Second, "session counted ended", func() bool { return r.l.Stats().SessionsActive == 0 })
+		c.Close()
+	}
+	if st := r.l.Stats(); st.DroppedFull != 0 || st.SessionsCompleted != 300 {
+		t.Errorf("dropped_full %d, completed %d; want 0, 300", st.DroppedFull, st.SessionsCompleted)
+	}
+}
+
 // TestLateReply: a reply that comes after its session expired is dropped
 // (the session socket is closed), and nothing panics.
 func TestLateReply(t *testing.T) {
