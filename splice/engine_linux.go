@@ -198,7 +198,7 @@ func (l *loop) run() {
 // on the deadline or close).
 func (l *loop) poll(uintptr) bool {
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events[:], 0)
+		n, err := rawEpollWait(l.epfd, l.events[:])
 		if err == unix.EINTR {
 			continue
 		}
@@ -424,9 +424,10 @@ func (l *loop) schedule(s *Session, at int64) {
 func (l *loop) end(s *Session, how End, err error, reason string, reset *side) {
 	e := &s.eng
 	if e.registered() {
-		for i := range e.sides {
-			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, e.sides[i].fd, nil)
-		}
+		// No EPOLL_CTL_DEL: both sockets are closed below, and closing
+		// the last fd of a file takes it out of every epoll set. (Were
+		// an fd dup'ed elsewhere, its events would still name this
+		// slot's old generation and be ignored.)
 		l.freeSlot(e.slot)
 		e.slot = -1
 	}
@@ -483,6 +484,8 @@ func sockFD(c net.Conn) (int, bool) {
 	var rc syscall.RawConn
 	var err error
 	switch c := c.(type) {
+	case *Socket:
+		return c.fd, true
 	case *net.TCPConn:
 		rc, err = c.SyscallConn()
 	case *net.UnixConn:
@@ -498,6 +501,15 @@ func sockFD(c net.Conn) (int, bool) {
 		return 0, false
 	}
 	return fd, true
+}
+
+// isTCP reports whether c is a TCP socket (see side.tcp).
+func isTCP(c net.Conn) bool {
+	switch c.(type) {
+	case *net.TCPConn, *Socket:
+		return true
+	}
+	return false
 }
 
 // startEngine hands s to a loop. It returns false when s cannot run there:
@@ -520,12 +532,15 @@ func (s *Session) startEngine(done func(Result)) bool {
 	e.done = done
 	e.slot = -1
 	e.hidx = -1
-	_, ta := s.a.(*net.TCPConn)
-	_, tb := s.b.(*net.TCPConn)
+	ta, tb := isTCP(s.a), isTCP(s.b)
 	e.sides[0] = side{c: s.a, fd: fa, tcp: ta}
 	e.sides[1] = side{c: s.b, fd: fb, tcp: tb}
-	e.flows[0] = flow{src: &e.sides[0], dst: &e.sides[1], n: &s.aToB, srcEnd: EndResetA, dstEnd: EndResetB}
-	e.flows[1] = flow{src: &e.sides[1], dst: &e.sides[0], n: &s.bToA, srcEnd: EndResetB, dstEnd: EndResetA}
+	// Both flows start in small mode: most connections open with a short
+	// message (a request, a greeting), which read(2) and write(2) move in
+	// two calls where a pipe takes three (the third to find the socket
+	// empty); a first read that fills the buffer switches to splice(2).
+	e.flows[0] = flow{src: &e.sides[0], dst: &e.sides[1], n: &s.aToB, srcEnd: EndResetA, dstEnd: EndResetB, small: true}
+	e.flows[1] = flow{src: &e.sides[1], dst: &e.sides[0], n: &s.bToA, srcEnd: EndResetB, dstEnd: EndResetA, small: true}
 	// Sent under s.mu, so an Abort that sees modeEngine queues its
 	// command after this one.
 	s.mu.Lock()

@@ -143,7 +143,7 @@ func (l *loop) readSmall(s *Session, f *flow) bool {
 	if f.buf == nil {
 		f.buf = smallPool.Get().(*[]byte)
 	}
-	n, err := unix.Read(f.src.fd, *f.buf)
+	n, err := rawRead(f.src.fd, *f.buf)
 	switch {
 	case err == unix.EINTR:
 		return true
@@ -184,7 +184,7 @@ func (l *loop) readSplice(s *Session, f *flow) bool {
 			return true
 		}
 	}
-	n, err := unix.Splice(f.src.fd, nil, f.p.w, nil, chunk, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+	n, err := rawSplice(f.src.fd, f.p.w, chunk)
 	switch {
 	case err == unix.EINTR:
 		return true
@@ -252,7 +252,7 @@ func (l *loop) readSplice(s *Session, f *flow) bool {
 // comes would wedge the direction.
 func (l *loop) flush(s *Session, f *flow) bool {
 	for f.pn > 0 {
-		m, err := unix.Splice(f.p.r, nil, f.dst.fd, nil, f.pn, unix.SPLICE_F_NONBLOCK|unix.SPLICE_F_MOVE)
+		m, err := rawSplice(f.p.r, f.dst.fd, f.pn)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -271,7 +271,7 @@ func (l *loop) flush(s *Session, f *flow) bool {
 		f.n.Add(uint64(m))
 	}
 	for f.off < f.end {
-		m, err := unix.Write(f.dst.fd, (*f.buf)[f.off:f.end])
+		m, err := rawWrite(f.dst.fd, (*f.buf)[f.off:f.end])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -297,6 +297,16 @@ func (l *loop) flush(s *Session, f *flow) bool {
 func (l *loop) srcEOF(s *Session, f *flow) bool {
 	f.eof = true
 	f.readable = false
+	e := &s.eng
+	if e.eofs == 1 {
+		// The other direction is done too: the session ends, and closing
+		// dst sends its FIN (dst sent its own and holds no unread bytes),
+		// so a shutdown(2) first would only cost a syscall and a packet
+		// processed on its own.
+		e.eofs = 2
+		l.end(s, EndClosed, nil, "", nil)
+		return false
+	}
 	if cw, ok := f.dst.c.(interface{ CloseWrite() error }); ok {
 		if err := cw.CloseWrite(); err != nil {
 			// ENOTCONN and the like: dst is gone; reset src as well.
@@ -304,12 +314,8 @@ func (l *loop) srcEOF(s *Session, f *flow) bool {
 			return false
 		}
 	}
-	e := &s.eng
 	e.halfDone = true
-	if e.eofs++; e.eofs == 2 {
-		l.end(s, EndClosed, nil, "", nil)
-		return false
-	}
+	e.eofs = 1
 	// From now on FinTimeout bounds inactivity, counted from now.
 	if fin := int64(s.opt.FinTimeout); fin > 0 {
 		if e.limit <= 0 || fin < e.limit {
