@@ -56,7 +56,10 @@ var rejectNames = [numRejects]string{"denied", "max_connections", "max_connectio
 // PROXY header (when accepted) names the client, then the access lists and
 // the per-client limit apply to it. A refused client is closed at once.
 func (l *Listener) admit(s *Settings, client net.Conn) (*clientInfo, bool) {
-	cl := &clientInfo{addr: addrPortOf(client.RemoteAddr()), dst: addrPortOf(client.LocalAddr())}
+	cl := &clientInfo{addr: peerOf(client)}
+	if s.SendProxy != 0 {
+		cl.dst = localOf(client) // a getsockname: only for the PROXY header
+	}
 	if !cl.addr.IsValid() {
 		cl.unixStr = client.RemoteAddr().String()
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"syscall"
 	"time"
@@ -30,9 +31,7 @@ const maxTries = 100
 func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 	start := time.Now()
 	s := l.set.Load()
-	if tc, ok := client.(*net.TCPConn); ok && (s.Keepalive > 0 || l.acceptKeepalive) {
-		setKeepalive(tc, s.Keepalive)
-	}
+	setClientKeepalive(client, s.Keepalive, l.acceptKeepalive)
 
 	cl, ok := l.admit(s, client)
 	if !ok {
@@ -177,12 +176,8 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 			continue
 		}
 		n++
-		d := net.Dialer{Timeout: timeout, KeepAlive: -1, KeepAliveConfig: keepaliveConfig(s.Keepalive)}
-		if s.SourceIP.IsValid() && h.Network == "tcp" {
-			d.LocalAddr = &net.TCPAddr{IP: s.SourceIP.AsSlice()}
-		}
 		dialStart := time.Now()
-		c, err := l.dial(ctx, &d, h, dialStart.Add(timeout))
+		c, err := l.dial(ctx, s, h, dialStart.Add(timeout))
 		if err == nil {
 			h.ObserveConnect(time.Since(dialStart)) // for method = "fastest"
 			err = l.sendPreamble(s, c, client, cl, timeout)
@@ -233,10 +228,28 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 // ENFILE) the host is not at fault and fds may free up any moment: it
 // retries, backing off from 5ms, until deadline, rather than dropping a
 // client it has already accepted.
-func (l *Listener) dial(ctx context.Context, d *net.Dialer, h *pool.Host, deadline time.Time) (net.Conn, error) {
+//
+// A TCP host at an IP address is dialled on a raw socket (dialSocket); a
+// name or a unix socket through net.Dialer.
+func (l *Listener) dial(ctx context.Context, s *Settings, h *pool.Host, deadline time.Time) (net.Conn, error) {
+	var src netip.Addr
+	if s.SourceIP.IsValid() && h.Network == "tcp" {
+		src = s.SourceIP
+	}
+	ap, raw := rawTarget(h.Network, h.Address)
+	attempt := func() (net.Conn, error) {
+		if raw {
+			return dialSocket(ctx, ap, src, s.Keepalive, deadline)
+		}
+		d := net.Dialer{Deadline: deadline, KeepAlive: -1, KeepAliveConfig: keepaliveConfig(s.Keepalive)}
+		if src.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		}
+		return d.DialContext(ctx, h.Network, h.Address)
+	}
 	delay := 5 * time.Millisecond
 	for {
-		c, err := d.DialContext(ctx, h.Network, h.Address)
+		c, err := attempt()
 		if err == nil || !(errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)) {
 			return c, err
 		}

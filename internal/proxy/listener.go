@@ -191,15 +191,17 @@ func (l *Listener) Stats() Stats {
 // connections finish for up to DrainTimeout, closes the rest, and returns
 // once every connection handler has returned.
 func (l *Listener) Run(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { l.ln.Close() })
+	raw := newRawAccepter(l.ln)
+	stop := context.AfterFunc(ctx, func() { l.ln.Close(); raw.close() })
 	defer stop()
 	// dialCtx outlives ctx by the drain: connects in progress may finish and
 	// be served during the drain, and are cut when it ends.
 	dialCtx, cancelDial := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelDial()
 
-	err := l.acceptLoop(ctx, dialCtx)
+	err := l.acceptLoop(ctx, dialCtx, raw)
 	l.ln.Close()
+	raw.close()
 	l.drain(l.set.Load().DrainTimeout, cancelDial)
 	if ctx.Err() != nil {
 		return nil
@@ -211,12 +213,12 @@ func (l *Listener) Run(ctx context.Context) error {
 // EMFILE and ENFILE above all, it backs off from 5ms doubling to 250ms rather
 // than spinning: on epoll the pending connection stays in the backlog, so
 // retrying at once would burn a core (libuv #690).
-func (l *Listener) acceptLoop(ctx, dialCtx context.Context) error {
+func (l *Listener) acceptLoop(ctx, dialCtx context.Context, raw *rawAccepter) error {
 	var delay time.Duration
 	var lastLog time.Time
 	var suppressed int
 	for {
-		c, err := l.ln.Accept()
+		c, err := l.accept(raw)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
@@ -254,7 +256,7 @@ func (l *Listener) acceptLoop(ctx, dialCtx context.Context) error {
 		l.accepted.Add(1)
 		if max := l.set.Load().MaxConnections; max > 0 && l.active.Load() >= int64(max) {
 			// Closed at once, never left waiting for a slot (SPEC §4).
-			l.reject(c, rejectListenerFull, &clientInfo{addr: addrPortOf(c.RemoteAddr()), unixStr: c.RemoteAddr().String()},
+			l.reject(c, rejectListenerFull, &clientInfo{addr: peerOf(c), unixStr: c.RemoteAddr().String()},
 				fmt.Sprintf("listener has %d connections open", max))
 			continue
 		}
@@ -262,6 +264,15 @@ func (l *Listener) acceptLoop(ctx, dialCtx context.Context) error {
 		l.wg.Add(1)
 		go l.serveConn(dialCtx, c)
 	}
+}
+
+// accept returns the next connection: from raw when the listener is TCP
+// (a *splice.Socket: see sock_linux.go), else from net.
+func (l *Listener) accept(raw *rawAccepter) (net.Conn, error) {
+	if raw != nil {
+		return raw.accept()
+	}
+	return l.ln.Accept()
 }
 
 // maxAcceptBackoff caps the accept back-off. Retrying an accept costs one

@@ -1,0 +1,316 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/l4lb/l4lb/splice"
+	"golang.org/x/sys/unix"
+)
+
+// TCP connections are accepted and connected on raw fds (splice.Socket):
+// what package net does per connection beyond the syscalls themselves (the
+// netpoller's epoll_ctl add and delete, getsockname and getpeername, the
+// netFD, pollDesc and address allocations, the dialer's resolver and
+// context machinery) was about a fifth of l4lb's CPU per new connection,
+// and the engine needs none of it. Unix sockets still go through net.
+
+// rawAccepter accepts from a TCP listener's socket with accept4. A net
+// listener's RawConn cannot wait for readability (its Read is EINVAL), so
+// the accepter holds a duplicate of the listening fd as an *os.File, whose
+// RawConn waits on the netpoller. close must be called once the listener is
+// closed: the duplicate keeps the socket listening, and closing it is what
+// wakes a waiting accept.
+type rawAccepter struct {
+	f  *os.File
+	rc syscall.RawConn
+}
+
+// newRawAccepter returns nil when ln is not a TCP listener (or its fd
+// cannot be duplicated: then net accepts).
+func newRawAccepter(ln net.Listener) *rawAccepter {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		return nil
+	}
+	src, err := tl.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	dup := -1
+	var derr error
+	if err := src.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil || derr != nil {
+		return nil
+	}
+	// The duplicate shares the listener's file description, O_NONBLOCK
+	// included, so NewFile makes it pollable.
+	f := os.NewFile(uintptr(dup), "listener")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	return &rawAccepter{f: f, rc: rc}
+}
+
+// close closes the duplicate; a waiting accept returns net.ErrClosed.
+func (a *rawAccepter) close() {
+	if a != nil {
+		a.f.Close()
+	}
+}
+
+// accept waits for the next connection (through the netpoller, as
+// net.Listener.Accept does) and returns it as a *splice.Socket with
+// TCP_NODELAY set. Errors: net.ErrClosed once the listener is closed
+// (wrapped), else accept4's (EMFILE and the like).
+func (a *rawAccepter) accept() (net.Conn, error) {
+	var nfd int
+	var peer netip.AddrPort
+	var aerr error
+	err := a.rc.Read(func(fd uintptr) bool {
+		for {
+			nfd, peer, aerr = accept4(int(fd))
+			switch aerr {
+			case unix.EINTR, unix.ECONNABORTED:
+				continue // a client that gave up in the backlog: the next one
+			case unix.EAGAIN:
+				return false
+			}
+			return true
+		}
+	})
+	if errors.Is(err, os.ErrClosed) {
+		return nil, net.ErrClosed
+	}
+	if err != nil {
+		return nil, err
+	}
+	if aerr != nil {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", aerr)}
+	}
+	setNoDelay(nfd)
+	return splice.NewSocket(nfd, netip.AddrPort{}, peer), nil
+}
+
+// The syscalls of accepting and connecting go through RawSyscall: none
+// blocks (the sockets are non-blocking), but a loopback connect runs the
+// whole handshake in softirq, long enough for sysmon to take the P away
+// as from a blocked syscall (a thread hand-off per connection) and to keep
+// sysmon itself polling every 20µs.
+
+func rawSocket(family int) (int, error) {
+	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}
+
+func setNoDelay(fd int) {
+	one := int32(1)
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, uintptr(unsafe.Pointer(&one)), 4, 0)
+}
+
+// rawConnect is connect(2) for the sockaddrs sockaddrOf makes.
+func rawConnect(fd int, sa unix.Sockaddr) error {
+	var p unsafe.Pointer
+	var n uintptr
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		raw := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sa.Addr}
+		port := (*[2]byte)(unsafe.Pointer(&raw.Port))
+		port[0], port[1] = byte(sa.Port>>8), byte(sa.Port)
+		p, n = unsafe.Pointer(&raw), unix.SizeofSockaddrInet4
+	case *unix.SockaddrInet6:
+		raw := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: sa.Addr, Scope_id: sa.ZoneId}
+		port := (*[2]byte)(unsafe.Pointer(&raw.Port))
+		port[0], port[1] = byte(sa.Port>>8), byte(sa.Port)
+		p, n = unsafe.Pointer(&raw), unix.SizeofSockaddrInet6
+	default:
+		return unix.Connect(fd, sa)
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(p), n)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// accept4 is unix.Accept4 without its getsockopt(SO_PROTOCOL), which
+// x/sys makes for every IPv4 peer to tell L2TP sockets apart (a syscall per
+// connection, twice: Getpeername does the same).
+func accept4(fd int) (int, netip.AddrPort, error) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)),
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, netip.AddrPort{}, e
+	}
+	return int(r), rawAddrPort(&rsa), nil
+}
+
+// rawAddrPort reads an IPv4 or IPv6 address from rsa; other families give
+// the zero AddrPort. IPv4-mapped IPv6 addresses are unmapped.
+func rawAddrPort(rsa *unix.RawSockaddrAny) netip.AddrPort {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(p[0])<<8|uint16(p[1]))
+	}
+	return netip.AddrPort{}
+}
+
+// rawTarget returns h's address when h can be dialled raw: a TCP host
+// whose address is an IP literal (net.Dialer resolves any other name).
+func rawTarget(network, address string) (netip.AddrPort, bool) {
+	if network != "tcp" {
+		return netip.AddrPort{}, false
+	}
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+}
+
+func sockaddrOf(ap netip.AddrPort) (int, unix.Sockaddr) {
+	if ap.Addr().Is4() {
+		return unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	}
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	if z := ap.Addr().Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			sa.ZoneId = uint32(ifi.Index)
+		}
+	}
+	return unix.AF_INET6, sa
+}
+
+// dialSocket connects to ap on a raw non-blocking socket, bound to src when
+// valid, with keepalive as Settings.Keepalive says, giving up at deadline or
+// when ctx is done. Errors are *net.OpError around the syscall's, as
+// net.Dialer's are, so sockerr and failKind read them alike.
+//
+// On loopback the handshake completes inside connect(2) (the SYN-ACK is
+// processed from the socket's backlog before the call returns), so the
+// non-blocking connect's EINPROGRESS is followed by one getpeername that
+// finds the socket connected, and nothing waits. Elsewhere the socket waits
+// for writability on Go's netpoller.
+func dialSocket(ctx context.Context, ap netip.AddrPort, src netip.Addr, keepalive time.Duration, deadline time.Time) (net.Conn, error) {
+	opErr := func(op string, err error) error {
+		if errno, ok := err.(unix.Errno); ok {
+			err = os.NewSyscallError(op, errno)
+		}
+		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+	}
+	family, sa := sockaddrOf(ap)
+	fd, err := rawSocket(family)
+	if err != nil {
+		return nil, opErr("socket", err)
+	}
+	setNoDelay(fd)
+	if keepalive > 0 {
+		setKeepaliveFD(fd, keepalive)
+	}
+	if src.IsValid() {
+		_, lsa := sockaddrOf(netip.AddrPortFrom(src, 0))
+		if err := unix.Bind(fd, lsa); err != nil {
+			rawCloseFD(fd)
+			return nil, opErr("bind", err)
+		}
+	}
+	err = rawConnect(fd, sa)
+	switch {
+	case err == nil:
+	case err == unix.EINPROGRESS || err == unix.EINTR:
+		sock := splice.NewSocket(fd, netip.AddrPort{}, ap)
+		if sock.Connected() {
+			return sock, nil // already (loopback)
+		}
+		if err := waitConnected(ctx, sock, deadline); err != nil {
+			sock.Close()
+			return nil, opErr("connect", err)
+		}
+		return sock, nil
+	default:
+		rawCloseFD(fd)
+		return nil, opErr("connect", err)
+	}
+	return splice.NewSocket(fd, netip.AddrPort{}, ap), nil
+}
+
+// waitConnected waits for sock's connect to finish, until deadline or ctx is
+// done, and returns its outcome.
+func waitConnected(ctx context.Context, sock *splice.Socket, deadline time.Time) error {
+	if err := sock.SetWriteDeadline(deadline); err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { sock.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := sock.WaitConnect(); err != nil {
+		return err
+	}
+	return sock.SetWriteDeadline(time.Time{})
+}
+
+// setKeepaliveFD is keepaliveConfig on a raw socket.
+func setKeepaliveFD(fd int, d time.Duration) {
+	kc := keepaliveConfig(d)
+	if !kc.Enable {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
+		return
+	}
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(kc.Idle/time.Second))
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(kc.Interval/time.Second))
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, kc.Count)
+}
+
+// peerOf returns the client's address without allocating for a Socket.
+func peerOf(c net.Conn) netip.AddrPort {
+	if s, ok := c.(*splice.Socket); ok {
+		return s.Peer()
+	}
+	return addrPortOf(c.RemoteAddr())
+}
+
+// localOf returns the address the client connected to.
+func localOf(c net.Conn) netip.AddrPort {
+	if s, ok := c.(*splice.Socket); ok {
+		return s.Local()
+	}
+	return addrPortOf(c.LocalAddr())
+}
+
+// setClientKeepalive applies Settings.Keepalive to an accepted connection.
+// force: the connection may have keepalive on already (Go turns it on for
+// listeners made from files), so off must be said too.
+func setClientKeepalive(c net.Conn, d time.Duration, force bool) {
+	switch c := c.(type) {
+	case *splice.Socket:
+		if d > 0 {
+			setKeepaliveFD(c.Fd(), d)
+		}
+	case *net.TCPConn:
+		if d > 0 || force {
+			setKeepalive(c, d)
+		}
+	}
+}
+
+func rawCloseFD(fd int) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }

@@ -1,0 +1,115 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/l4lb/l4lb/internal/sockerr"
+	"github.com/l4lb/l4lb/internal/testbackend"
+	"github.com/l4lb/l4lb/pool"
+	"github.com/l4lb/l4lb/splice"
+	"golang.org/x/sys/unix"
+)
+
+// TestDialSocketWaits: a connect that does not complete inside connect(2)
+// waits on the netpoller and succeeds when the handshake does. The listener's
+// accept queue starts full, so the first SYN is dropped; once the queue is
+// drained the kernel's SYN retransmission (after about 1s) gets through.
+func TestDialSocketWaits(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	ap := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(sa.(*unix.SockaddrInet4).Port))
+	// Fill the queue.
+	var fillers []net.Conn
+	for i := 0; i < 2; i++ {
+		if c, err := net.DialTimeout("tcp", ap.String(), 200*time.Millisecond); err == nil {
+			fillers = append(fillers, c)
+		}
+	}
+	defer func() {
+		for _, c := range fillers {
+			c.Close()
+		}
+	}()
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	res := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		c, err := dialSocket(context.Background(), ap, netip.Addr{}, 0, time.Now().Add(10*time.Second))
+		res <- result{c, err}
+	}()
+	// Let the first SYN be dropped, then make room.
+	time.Sleep(200 * time.Millisecond)
+	for range fillers {
+		if nfd, _, err := unix.Accept(fd); err == nil {
+			defer unix.Close(nfd)
+		}
+	}
+	r := <-res
+	if r.err != nil {
+		t.Fatalf("dial: %v", r.err)
+	}
+	defer r.c.Close()
+	if _, ok := r.c.(*splice.Socket); !ok {
+		t.Fatalf("dial returned %T, want *splice.Socket", r.c)
+	}
+	if d := time.Since(start); d < 500*time.Millisecond {
+		t.Fatalf("connected after %v: the queue was not full, so the wait path was not taken", d)
+	}
+	if _, err := r.c.Write([]byte("x")); err != nil {
+		t.Fatalf("write on the connected socket: %v", err)
+	}
+}
+
+// TestDialSocketErrors: refused, timed out and cancelled connects give the
+// errors (and the operator's reasons) net.Dialer's gave, and leave no fd.
+func TestDialSocketErrors(t *testing.T) {
+	refused := netip.MustParseAddrPort(testbackend.Refuser(t))
+	hole := netip.MustParseAddrPort(testbackend.Blackhole(t))
+	fds := openFDs(t)
+	_, err := dialSocket(context.Background(), refused, netip.Addr{}, 0, time.Now().Add(2*time.Second))
+	if !errors.Is(err, syscall.ECONNREFUSED) || sockerr.Reason(err, time.Second) != "connection refused" || failKind(err) != pool.FailRefused {
+		t.Fatalf("refused: %v (%q)", err, sockerr.Reason(err, time.Second))
+	}
+	_, err = dialSocket(context.Background(), hole, netip.Addr{}, 0, time.Now().Add(100*time.Millisecond))
+	if sockerr.Reason(err, 100*time.Millisecond) != "timeout after 100ms" || failKind(err) != pool.FailTimeout {
+		t.Fatalf("blackhole: %v (%q)", err, sockerr.Reason(err, 100*time.Millisecond))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	start := time.Now()
+	if _, err := dialSocket(ctx, hole, netip.Addr{}, 0, time.Now().Add(10*time.Second)); err == nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("cancelled dial: %v after %v", err, time.Since(start))
+	}
+	if n := openFDs(t); n > fds {
+		t.Fatalf("fds open: %d, want %d (a failed dial leaked)", n, fds)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
