@@ -14,7 +14,8 @@
 //
 // What it does:
 //
-//   - On Linux, when both ends are *net.TCPConn or *net.UnixConn, the session
+//   - On Linux, when both ends are *net.TCPConn, *net.UnixConn or *Socket (a
+//     TCP socket its owner accepted or connected on a raw fd), the session
 //     runs on the package's engine: a few epoll event loops (one per CPU,
 //     started at the first session or by StartEngine) that serve every
 //     session, so a session needs no goroutine of its own. Start's done
@@ -27,7 +28,8 @@
 //     pipe fds. Small messages go through read(2)/write(2) and a pooled
 //     buffer, held likewise only while bytes are pending, and a short read is
 //     not followed by a read to EAGAIN: the loop sees epoll's EPOLLRDHUP and
-//     EPOLLHUP flags, which Go's netpoller hides.
+//     EPOLLHUP flags, which Go's netpoller hides. Each direction starts in
+//     this mode; a read that fills the buffer switches it to splice(2).
 //   - Elsewhere, or for other net.Conn types, a goroutine copier (a goroutine
 //     per direction and a buffered copy) does the same job.
 //   - Half-close is passed through: EOF from one side becomes CloseWrite on the
