@@ -268,13 +268,10 @@ func waitConnected(ctx context.Context, sock *splice.Socket, deadline time.Time)
 	return sock.SetWriteDeadline(time.Time{})
 }
 
-// setKeepaliveFD is keepaliveConfig on a raw socket.
+// setKeepaliveFD turns keepalive on a raw socket on as keepaliveConfig(d)
+// says, for d > 0 (raw sockets start with it off).
 func setKeepaliveFD(fd int, d time.Duration) {
 	kc := keepaliveConfig(d)
-	if !kc.Enable {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
-		return
-	}
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(kc.Idle/time.Second))
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, int(kc.Interval/time.Second))
