@@ -52,8 +52,9 @@ func (s *Socket) Local() netip.AddrPort {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.local.IsValid() && !s.closed {
-		if sa, err := unix.Getsockname(s.fd); err == nil {
-			s.local = sockaddrAddrPort(sa)
+		var r RawSockaddr
+		if sockname(s.fd, false, &r) == nil {
+			s.local = r.AddrPort()
 		}
 	}
 	return s.local
@@ -135,13 +136,10 @@ func (s *Socket) WaitConnect() error {
 }
 
 // connected reports whether fd's connect has completed (getpeername
-// succeeds), without x/sys's extra getsockopt(SO_PROTOCOL), which its
-// Getpeername makes for every IPv4 peer to tell L2TP sockets apart.
+// succeeds).
 func connected(fd int) bool {
-	var rsa unix.RawSockaddrAny
-	n := uint32(unix.SizeofSockaddrAny)
-	_, _, e := unix.RawSyscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
-	return e == 0
+	var r RawSockaddr
+	return sockname(fd, true, &r) == nil
 }
 
 // Connected reports whether the socket's connect has completed. On
@@ -229,14 +227,79 @@ func (s *Socket) SetWriteDeadline(t time.Time) error {
 	return f.SetWriteDeadline(t)
 }
 
-// sockaddrAddrPort converts an IPv4 or IPv6 sockaddr; others give the zero
+// RawSockaddr holds an IPv4 or IPv6 socket address as the kernel takes it
+// (accept4, getpeername, connect, bind), so that callers on raw fds need not
+// go through unix.Sockaddr: an allocation per call, and x/sys probes every
+// IPv4 address it decodes with getsockopt(SO_PROTOCOL) to tell L2TP sockets
+// apart.
+type RawSockaddr struct {
+	unix.RawSockaddrAny
+	Len uint32 // bytes in use
+}
+
+// MakeRawSockaddr encodes ap (IPv4-mapped addresses as IPv4).
+func MakeRawSockaddr(ap netip.AddrPort) RawSockaddr {
+	var r RawSockaddr
+	a := ap.Addr().Unmap()
+	if a.Is4() {
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&r.RawSockaddrAny))
+		sa.Family = unix.AF_INET
+		sa.Addr = a.As4()
+		putPort(&sa.Port, ap.Port())
+		r.Len = unix.SizeofSockaddrInet4
+		return r
+	}
+	sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&r.RawSockaddrAny))
+	sa.Family = unix.AF_INET6
+	sa.Addr = a.As16()
+	if z := a.Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			sa.Scope_id = uint32(ifi.Index)
+		}
+	}
+	putPort(&sa.Port, ap.Port())
+	r.Len = unix.SizeofSockaddrInet6
+	return r
+}
+
+// Family returns the address family (AF_INET, AF_INET6, or 0).
+func (r *RawSockaddr) Family() int { return int(r.Addr.Family) }
+
+// Ptr returns the address for a syscall argument.
+func (r *RawSockaddr) Ptr() unsafe.Pointer { return unsafe.Pointer(&r.RawSockaddrAny) }
+
+// AddrPort decodes an IPv4 or IPv6 address; other families give the zero
 // AddrPort. IPv4-mapped IPv6 addresses are unmapped.
-func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+func (r *RawSockaddr) AddrPort() netip.AddrPort {
+	switch r.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&r.RawSockaddrAny))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), getPort(&sa.Port))
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&r.RawSockaddrAny))
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), getPort(&sa.Port))
 	}
 	return netip.AddrPort{}
+}
+
+// Ports are in network byte order.
+func putPort(p *uint16, port uint16) {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	b[0], b[1] = byte(port>>8), byte(port)
+}
+
+func getPort(p *uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+// sockname is getsockname (peer false) or getpeername (peer true) into r.
+func sockname(fd int, peer bool, r *RawSockaddr) error {
+	trap := uintptr(unix.SYS_GETSOCKNAME)
+	if peer {
+		trap = unix.SYS_GETPEERNAME
+	}
+	r.Len = unix.SizeofSockaddrAny
+	_, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(r.Ptr()), uintptr(unsafe.Pointer(&r.Len)))
+	return errnoErr(e)
 }

@@ -139,3 +139,35 @@ func TestSocketSession(t *testing.T) {
 		t.Fatal("session did not end")
 	}
 }
+
+// TestRawSockaddr: addresses survive encoding and decoding, IPv4-mapped
+// ones come back as IPv4, and connect(2) reaches a listener at each.
+func TestRawSockaddr(t *testing.T) {
+	for _, s := range []string{"127.0.0.1:6379", "[::1]:53", "[::ffff:10.1.2.3]:80", "[2001:db8::7]:65535"} {
+		ap := netip.MustParseAddrPort(s)
+		r := MakeRawSockaddr(ap)
+		want := netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if got := r.AddrPort(); got != want {
+			t.Errorf("%s: decoded %s, want %s", s, got, want)
+		}
+	}
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Skipf("%s: %v", addr, err)
+		}
+		r := MakeRawSockaddr(ln.Addr().(*net.TCPAddr).AddrPort())
+		fd, err := unix.Socket(r.Family(), unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _, e := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(r.Ptr()), uintptr(r.Len))
+		if e != 0 {
+			t.Errorf("connect to %s: %v", ln.Addr(), e)
+		} else if !connected(fd) {
+			t.Errorf("connect to %s: not connected", ln.Addr())
+		}
+		unix.Close(fd)
+		ln.Close()
+	}
+}

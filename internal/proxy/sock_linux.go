@@ -120,59 +120,26 @@ func setNoDelay(fd int) {
 	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, uintptr(unsafe.Pointer(&one)), 4, 0)
 }
 
-// rawConnect is connect(2) for the sockaddrs sockaddrOf makes.
-func rawConnect(fd int, sa unix.Sockaddr) error {
-	var p unsafe.Pointer
-	var n uintptr
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		raw := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: sa.Addr}
-		port := (*[2]byte)(unsafe.Pointer(&raw.Port))
-		port[0], port[1] = byte(sa.Port>>8), byte(sa.Port)
-		p, n = unsafe.Pointer(&raw), unix.SizeofSockaddrInet4
-	case *unix.SockaddrInet6:
-		raw := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: sa.Addr, Scope_id: sa.ZoneId}
-		port := (*[2]byte)(unsafe.Pointer(&raw.Port))
-		port[0], port[1] = byte(sa.Port>>8), byte(sa.Port)
-		p, n = unsafe.Pointer(&raw), unix.SizeofSockaddrInet6
-	default:
-		return unix.Connect(fd, sa)
-	}
-	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(p), n)
+// sockaddrCall is connect(2) or bind(2) of fd to r.
+func sockaddrCall(trap uintptr, fd int, r *splice.RawSockaddr) error {
+	_, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(r.Ptr()), uintptr(r.Len))
 	if e != 0 {
 		return e
 	}
 	return nil
 }
 
-// accept4 is unix.Accept4 without its getsockopt(SO_PROTOCOL), which
-// x/sys makes for every IPv4 peer to tell L2TP sockets apart (a syscall per
-// connection, twice: Getpeername does the same).
+// accept4 is unix.Accept4 without its unix.Sockaddr (see
+// splice.RawSockaddr: an allocation, and a getsockopt per IPv4 peer).
 func accept4(fd int) (int, netip.AddrPort, error) {
-	var rsa unix.RawSockaddrAny
-	n := uint32(unix.SizeofSockaddrAny)
-	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)),
+	var r splice.RawSockaddr
+	r.Len = unix.SizeofSockaddrAny
+	n, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(r.Ptr()), uintptr(unsafe.Pointer(&r.Len)),
 		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 	if e != 0 {
 		return -1, netip.AddrPort{}, e
 	}
-	return int(r), rawAddrPort(&rsa), nil
-}
-
-// rawAddrPort reads an IPv4 or IPv6 address from rsa; other families give
-// the zero AddrPort. IPv4-mapped IPv6 addresses are unmapped.
-func rawAddrPort(rsa *unix.RawSockaddrAny) netip.AddrPort {
-	switch rsa.Addr.Family {
-	case unix.AF_INET:
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
-		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
-	case unix.AF_INET6:
-		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
-		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(p[0])<<8|uint16(p[1]))
-	}
-	return netip.AddrPort{}
+	return int(n), r.AddrPort(), nil
 }
 
 // rawTarget returns h's address when h can be dialled raw: a TCP host
@@ -186,19 +153,6 @@ func rawTarget(network, address string) (netip.AddrPort, bool) {
 		return netip.AddrPort{}, false
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
-}
-
-func sockaddrOf(ap netip.AddrPort) (int, unix.Sockaddr) {
-	if ap.Addr().Is4() {
-		return unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	}
-	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-	if z := ap.Addr().Zone(); z != "" {
-		if ifi, err := net.InterfaceByName(z); err == nil {
-			sa.ZoneId = uint32(ifi.Index)
-		}
-	}
-	return unix.AF_INET6, sa
 }
 
 // dialSocket connects to ap on a raw non-blocking socket, bound to src when
@@ -218,8 +172,8 @@ func dialSocket(ctx context.Context, ap netip.AddrPort, src netip.Addr, keepaliv
 		}
 		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
 	}
-	family, sa := sockaddrOf(ap)
-	fd, err := rawSocket(family)
+	sa := splice.MakeRawSockaddr(ap)
+	fd, err := rawSocket(sa.Family())
 	if err != nil {
 		return nil, opErr("socket", err)
 	}
@@ -228,13 +182,13 @@ func dialSocket(ctx context.Context, ap netip.AddrPort, src netip.Addr, keepaliv
 		setKeepaliveFD(fd, keepalive)
 	}
 	if src.IsValid() {
-		_, lsa := sockaddrOf(netip.AddrPortFrom(src, 0))
-		if err := unix.Bind(fd, lsa); err != nil {
-			rawCloseFD(fd)
+		lsa := splice.MakeRawSockaddr(netip.AddrPortFrom(src, 0))
+		if err := sockaddrCall(unix.SYS_BIND, fd, &lsa); err != nil {
+			unix.Close(fd)
 			return nil, opErr("bind", err)
 		}
 	}
-	err = rawConnect(fd, sa)
+	err = sockaddrCall(unix.SYS_CONNECT, fd, &sa)
 	switch {
 	case err == nil:
 	case err == unix.EINPROGRESS || err == unix.EINTR:
@@ -248,7 +202,7 @@ func dialSocket(ctx context.Context, ap netip.AddrPort, src netip.Addr, keepaliv
 		}
 		return sock, nil
 	default:
-		rawCloseFD(fd)
+		unix.Close(fd)
 		return nil, opErr("connect", err)
 	}
 	return splice.NewSocket(fd, netip.AddrPort{}, ap), nil
@@ -309,5 +263,3 @@ func setClientKeepalive(c net.Conn, d time.Duration, force bool) {
 		}
 	}
 }
-
-func rawCloseFD(fd int) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
