@@ -17,15 +17,7 @@ import (
 // stops after that skb (short) with more bytes queued.
 func TestEngineUnixSCMRights(t *testing.T) {
 	client, server := startUnix(t, "unix")
-	// small mode first
-	for i := 0; i < 3; i++ {
-		client.Write([]byte("ping"))
-		buf := make([]byte, 4)
-		server.SetReadDeadline(time.Now().Add(2 * time.Second))
-		if _, err := io.ReadFull(server, buf); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pings(t, client, server)
 	f, _ := os.Open("/dev/null")
 	defer f.Close()
 	oob := unix.UnixRights(int(f.Fd()))
@@ -95,14 +87,7 @@ func TestEngineUnixPacketQueued(t *testing.T) {
 
 func TestEngineUnixOOB(t *testing.T) {
 	client, server := startUnix(t, "unix")
-	for i := 0; i < 3; i++ {
-		client.Write([]byte("ping"))
-		buf := make([]byte, 4)
-		server.SetReadDeadline(time.Now().Add(2 * time.Second))
-		if _, err := io.ReadFull(server, buf); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pings(t, client, server)
 	rc, _ := client.SyscallConn()
 	var serr error
 	rc.Control(func(fd uintptr) {
@@ -195,6 +180,21 @@ func unixPair(t *testing.T, network string) (dialed, accepted *net.UnixConn) {
 // startUnix starts an engine session between two fresh unix connections of
 // network and returns the outer ends: the client's and the server's. The
 // session and the connections are cleaned up when the test ends.
+// pings sends three small messages through the session and reads them
+// back, so that the flow is in small mode (read/write) when the test's own
+// traffic starts.
+func pings(t *testing.T, client, server *net.UnixConn) {
+	t.Helper()
+	for i := 0; i < 3; i++ {
+		client.Write([]byte("ping"))
+		buf := make([]byte, 4)
+		server.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := io.ReadFull(server, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func startUnix(t *testing.T, network string) (client, server *net.UnixConn) {
 	t.Helper()
 	client, a := unixPair(t, network)
