@@ -3,9 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -57,8 +59,16 @@ func TestDialSocketWaits(t *testing.T) {
 		c, err := dialSocket(context.Background(), ap, netip.Addr{}, 0, time.Now().Add(10*time.Second))
 		res <- result{c, err}
 	}()
-	// Let the first SYN be dropped, then make room.
-	time.Sleep(200 * time.Millisecond)
+	// Once the dialling socket is in SYN_SENT its first SYN has been sent
+	// and, the queue being full, dropped (loopback delivers it at once):
+	// then make room.
+	deadline := time.Now().Add(5 * time.Second)
+	for !synSentTo(t, ap.Port()) {
+		if time.Now().After(deadline) {
+			t.Fatal("the dial never reached SYN_SENT")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	for range fillers {
 		if nfd, _, err := unix.Accept(fd); err == nil {
 			defer unix.Close(nfd)
@@ -112,4 +122,22 @@ func openFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// synSentTo reports whether a socket of this process's network namespace is
+// in SYN_SENT toward 127.0.0.1:port (/proc/net/tcp: rem_address, st 02).
+func synSentTo(t *testing.T, port uint16) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("0100007F:%04X", port)
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && f[2] == want && f[3] == "02" {
+			return true
+		}
+	}
+	return false
 }
