@@ -19,7 +19,7 @@ import (
 
 const defaultConnectTimeout = 5 * time.Second
 
-// maxTries bounds the tried-hosts array kept on the stack (config allows 1..100).
+// maxTries bounds the tries, and with them the tried-hosts list (config allows 1..100).
 const maxTries = 100
 
 // serveConn is the body of one connection's goroutine: admit the client
@@ -153,11 +153,14 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 	}
 	// tried holds the hosts this connection has tried, and those found
 	// full when acquired (a race with another connection for the last
-	// slot): both are skipped by later picks.
-	var tried [2 * maxTries]*pool.Host
+	// slot): both are skipped by later picks. It is sized for this
+	// connection's tries and grows if races make it: skip escapes (Pick
+	// hands it to the pools' selectors), and a fixed [2*maxTries] array
+	// went with it to the heap, 1.6 KiB per connection.
+	tried := make([]*pool.Host, 0, 2*tries)
 	n, full := 0, 0
 	skip := func(h *pool.Host) bool {
-		for _, t := range tried[:n+full] {
+		for _, t := range tried {
 			if t == h {
 				return true
 			}
@@ -165,12 +168,12 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 		return false
 	}
 	var lastErr error
-	for n < tries && n+full < len(tried) {
+	for n < tries && len(tried) < 2*maxTries {
 		p, h := s.Upstream.Pick(cl.key, skip)
 		if h == nil {
 			break
 		}
-		tried[n+full] = h
+		tried = append(tried, h)
 		if !l.acquire(s, p, h) {
 			full++
 			continue

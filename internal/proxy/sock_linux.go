@@ -30,6 +30,14 @@ import (
 type rawAccepter struct {
 	f  *os.File
 	rc syscall.RawConn
+
+	// The last accept4's results, and the callback that sets them, made
+	// once: a closure per accept, with the variables it captures, cost
+	// four allocations per connection. Only the accept loop uses them.
+	nfd    int
+	peer   netip.AddrPort
+	aerr   error
+	readFn func(fd uintptr) bool
 }
 
 // newRawAccepter returns nil when ln is not a TCP listener (or its fd
@@ -58,7 +66,9 @@ func newRawAccepter(ln net.Listener) *rawAccepter {
 		f.Close()
 		return nil
 	}
-	return &rawAccepter{f: f, rc: rc}
+	a := &rawAccepter{f: f, rc: rc}
+	a.readFn = a.try
+	return a
 }
 
 // close closes the duplicate; a waiting accept returns net.ErrClosed.
@@ -73,32 +83,32 @@ func (a *rawAccepter) close() {
 // TCP_NODELAY set. Errors: net.ErrClosed once the listener is closed
 // (wrapped), else accept4's (EMFILE and the like).
 func (a *rawAccepter) accept() (net.Conn, error) {
-	var nfd int
-	var peer netip.AddrPort
-	var aerr error
-	err := a.rc.Read(func(fd uintptr) bool {
-		for {
-			nfd, peer, aerr = accept4(int(fd))
-			switch aerr {
-			case unix.EINTR, unix.ECONNABORTED:
-				continue // a client that gave up in the backlog: the next one
-			case unix.EAGAIN:
-				return false
-			}
-			return true
-		}
-	})
+	err := a.rc.Read(a.readFn)
 	if errors.Is(err, os.ErrClosed) {
 		return nil, net.ErrClosed
 	}
 	if err != nil {
 		return nil, err
 	}
-	if aerr != nil {
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", aerr)}
+	if a.aerr != nil {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", a.aerr)}
 	}
-	setNoDelay(nfd)
-	return splice.NewSocket(nfd, netip.AddrPort{}, peer), nil
+	setNoDelay(a.nfd)
+	return splice.NewSocket(a.nfd, netip.AddrPort{}, a.peer), nil
+}
+
+// try is accept's RawConn.Read callback: one accept4, false to wait.
+func (a *rawAccepter) try(fd uintptr) bool {
+	for {
+		a.nfd, a.peer, a.aerr = accept4(int(fd))
+		switch a.aerr {
+		case unix.EINTR, unix.ECONNABORTED:
+			continue // a client that gave up in the backlog: the next one
+		case unix.EAGAIN:
+			return false
+		}
+		return true
+	}
 }
 
 // The syscalls of accepting and connecting go through RawSyscall: none

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -140,4 +141,47 @@ func synSentTo(t *testing.T, port uint16) bool {
 		}
 	}
 	return false
+}
+
+// TestConnectHeap: picking and connecting a host costs the heap little per
+// connection (about 180 bytes: the socket, the tried-hosts list). A fixed tried-hosts array of 2*maxTries pointers used to
+// escape with the skip function, 1.6 KiB of heap per connection (and a GC
+// cycle every ~2 000 connections at this rate; 39 against 15 per 40 000
+// in redis-benchmark -k 0).
+func TestConnectHeap(t *testing.T) {
+	// A backend that never accepts: the kernel completes the handshakes
+	// into its backlog, so only connect's allocations are counted.
+	b, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	s := defaults(upstream(t, []string{b.Addr().String()}))
+	l, err := Listen("heap", "tcp", "127.0.0.1:0", s, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cl := &clientInfo{addr: netip.MustParseAddrPort("127.0.0.1:1")}
+	connect := func() {
+		c, _, h, err := l.connect(context.Background(), s, nil, cl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		h.Release()
+	}
+	connect() // the first connect warms what is made once
+	const n = 200
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	for range n {
+		connect()
+	}
+	runtime.ReadMemStats(&m1)
+	if per := (m1.TotalAlloc - m0.TotalAlloc) / n; per > 512 {
+		t.Errorf("connect allocates %d bytes per connection, want at most 512", per)
+	} else {
+		t.Logf("connect allocates %d bytes per connection", per)
+	}
 }
