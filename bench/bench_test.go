@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -98,5 +100,36 @@ func TestParseStat(t *testing.T) {
 	}
 	if n, err := parsePerfCount("\n123456,,raw_syscalls:sys_enter,1000,100.00,,\n"); err != nil || n != 123456 {
 		t.Errorf("perf count = %d, %v", n, err)
+	}
+}
+
+// TestHAProxyFitsNofile: HAProxy starts only if its fd limit covers 2 fds a
+// connection and 2 a splice pipe. Under a 20 000 hard limit the full mode
+// holds 7 952 idle connections; HAProxy's default maxpipes (maxconn/4)
+// would ask for 22 396 fds and it would refuse to start, losing every
+// HAProxy cell of the run.
+func TestHAProxyFitsNofile(t *testing.T) {
+	for _, c := range []struct{ idle, nofile, pipes int }{
+		{7952, 20000, 998},  // full mode, 20 000 hard limit: capped
+		{5000, 20000, 1500}, // quick mode: HAProxy's default, maxconn/4
+		{10000, 84096, 2750},
+	} {
+		conf := haproxyConfig(&instance{}, backends{}, 1, c.idle, c.nofile)
+		var maxconn, maxpipes int
+		for _, line := range strings.Split(conf, "\n") {
+			f := strings.Fields(line)
+			if len(f) == 2 && f[0] == "maxconn" && maxconn == 0 {
+				maxconn, _ = strconv.Atoi(f[1])
+			}
+			if len(f) == 2 && f[0] == "maxpipes" {
+				maxpipes, _ = strconv.Atoi(f[1])
+			}
+		}
+		if maxpipes != c.pipes {
+			t.Errorf("idle %d, nofile %d: maxpipes %d, want %d", c.idle, c.nofile, maxpipes, c.pipes)
+		}
+		if need := 2*maxconn + 2*maxpipes; need > c.nofile {
+			t.Errorf("idle %d: HAProxy needs %d fds, the limit is %d", c.idle, need, c.nofile)
+		}
 	}
 }

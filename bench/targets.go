@@ -124,7 +124,7 @@ func (r *runner) start(ctx context.Context, t *target) (*instance, error) {
 	case haproxy:
 		conf = filepath.Join(dir, "haproxy.cfg")
 		argv = []string{"haproxy", "-db", "-f", conf}
-		if err := os.WriteFile(conf, []byte(haproxyConfig(in, r.be, t.threads, r.p.idle)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(haproxyConfig(in, r.be, t.threads, r.p.idle, min(8*r.p.idle+4096, r.nofile))), 0o644); err != nil {
 			return nil, err
 		}
 	case nginx:
@@ -195,11 +195,20 @@ hosts = [ { address = %[3]q } ]
 // haproxyConfig: mode tcp with splicing forced both ways (the issue's reference
 // figures are for forced splice), no logs, long timeouts so idle connections
 // stay. maxconn counts client connections, each holding two sockets.
-func haproxyConfig(in *instance, be backends, threads, idle int) string {
+//
+// HAProxy refuses to start unless nofile covers 2 fds per connection plus 2
+// per splice pipe, and its pipes default to maxconn/4: at the full mode's
+// idle count under a 20 000 hard limit that asks for 22 396. So maxpipes is
+// that default capped to what nofile leaves (pipes are only held while
+// bytes are in flight; with none left HAProxy copies through its buffers).
+func haproxyConfig(in *instance, be backends, threads, idle, nofile int) string {
+	maxconn := idle + 1000
+	maxpipes := max(min(maxconn/4, (nofile-2*maxconn-100)/2), 0)
 	var b strings.Builder
 	fmt.Fprintf(&b, `global
     nbthread %d
     maxconn %d
+    maxpipes %d
 
 defaults
     mode tcp
@@ -209,7 +218,7 @@ defaults
     timeout server 1h
     option splice-request
     option splice-response
-`, threads, idle+1000, idle+1000)
+`, threads, maxconn, maxpipes, maxconn)
 	for s := service(0); s < nService; s++ {
 		if s == svcUDP {
 			continue // HAProxy does not proxy UDP
