@@ -158,7 +158,7 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 	// hands it to the pools' selectors), and a fixed [2*maxTries] array
 	// went with it to the heap, 1.6 KiB per connection.
 	tried := make([]*pool.Host, 0, 2*tries)
-	n, full := 0, 0
+	n := 0 // hosts acquired and dialled; the rest of tried were full
 	skip := func(h *pool.Host) bool {
 		for _, t := range tried {
 			if t == h {
@@ -175,7 +175,6 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 		}
 		tried = append(tried, h)
 		if !l.acquire(s, p, h) {
-			full++
 			continue
 		}
 		n++
@@ -215,7 +214,7 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 			Str(logkey.Reason, reason).Int(logkey.Try, n).Int(logkey.Tries, tries).Msg("connect failed")
 	}
 	switch {
-	case n == 0 && (full > 0 || allFull(s.Upstream)):
+	case n == 0 && (len(tried) > 0 || allFull(s.Upstream)):
 		// Pick skips full hosts, so usually none reaches TryAcquire:
 		// look before saying "no usable host" to an operator.
 		return nil, nil, nil, errors.New("every usable host is at its max_connections")
