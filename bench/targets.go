@@ -203,7 +203,8 @@ hosts = [ { address = %[3]q } ]
 // bytes are in flight; with none left HAProxy copies through its buffers).
 func haproxyConfig(in *instance, be backends, threads, idle, nofile int) string {
 	maxconn := idle + 1000
-	maxpipes := max(min(maxconn/4, (nofile-2*maxconn-100)/2), 0)
+	// At least 1: HAProxy reads "maxpipes 0" as unset, i.e. maxconn/4.
+	maxpipes := max(min(maxconn/4, (nofile-2*maxconn-100)/2), 1)
 	var b strings.Builder
 	fmt.Fprintf(&b, `global
     nbthread %d

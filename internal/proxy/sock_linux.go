@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -38,6 +39,8 @@ type rawAccepter struct {
 	peer   netip.AddrPort
 	aerr   error
 	readFn func(fd uintptr) bool
+
+	closed atomic.Bool // set by close, before the file is closed
 }
 
 // newRawAccepter returns nil when ln is not a TCP listener (or its fd
@@ -74,6 +77,7 @@ func newRawAccepter(ln net.Listener) *rawAccepter {
 // close closes the duplicate; a waiting accept returns net.ErrClosed.
 func (a *rawAccepter) close() {
 	if a != nil {
+		a.closed.Store(true)
 		a.f.Close()
 	}
 }
@@ -83,11 +87,12 @@ func (a *rawAccepter) close() {
 // TCP_NODELAY set. Errors: net.ErrClosed once the listener is closed
 // (wrapped), else accept4's (EMFILE and the like).
 func (a *rawAccepter) accept() (net.Conn, error) {
-	err := a.rc.Read(a.readFn)
-	if errors.Is(err, os.ErrClosed) {
-		return nil, net.ErrClosed
-	}
-	if err != nil {
+	if err := a.rc.Read(a.readFn); err != nil {
+		// Read on a closed file fails with poll's "use of closed file",
+		// not os.ErrClosed: the flag says why.
+		if a.closed.Load() || errors.Is(err, os.ErrClosed) {
+			return nil, net.ErrClosed
+		}
 		return nil, err
 	}
 	if a.aerr != nil {
