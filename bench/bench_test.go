@@ -133,3 +133,19 @@ func TestHAProxyFitsNofile(t *testing.T) {
 		}
 	}
 }
+
+// TestReportWithoutReference: when HAProxy produced no figure (it failed to
+// start), the ratio section says so instead of printing an empty table.
+func TestReportWithoutReference(t *testing.T) {
+	r := newReport([]*target{{name: "direct"}, {name: "l4lb"}, {name: "haproxy-1t"}}, 1)
+	r.put("x", "some figure", "req/s", true, 0, "direct", 100)
+	r.put("x", "some figure", "req/s", true, 0, "l4lb", 50)
+	out := r.String()
+	if !strings.Contains(out, "## Ratio to direct") || !strings.Contains(out, "0.500") {
+		t.Errorf("no ratio to direct:\n%s", out)
+	}
+	_, hap, ok := strings.Cut(out, "## Ratio to haproxy-1t")
+	if !ok || !strings.Contains(hap, "(no figure from haproxy-1t in this run") || strings.Contains(hap, "| figure") {
+		t.Errorf("ratio to haproxy-1t without figures:\n%s", hap)
+	}
+}

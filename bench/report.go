@@ -182,6 +182,10 @@ func (r *Report) String() string {
 			}
 			rows = append(rows, row)
 		}
+		if len(rows) == 1 {
+			fmt.Fprintf(&b, "(no figure from %s in this run: see the notes)\n", ref)
+			continue
+		}
 		table(&b, rows)
 	}
 	if len(r.Notes) > 0 {
