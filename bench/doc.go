@@ -36,4 +36,7 @@
 // loopback, stops only the processes it started, and never installs anything
 // in smoke mode. On a 2-core machine the load generators use most of the
 // CPU; the proxy's CPU per unit of work is the steadier figure.
+//
+// The suite is Linux-only (it reads /proc, uses prlimit and Pdeathsig); on
+// other systems the package is empty.
 package bench

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command l4lb-bench measures l4lb against the direct path, HAProxy and nginx
 // on loopback and prints the figures with their ratios. See bench/doc.go and
 // docs/PERFORMANCE.md.
