@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -90,7 +89,7 @@ func (a *rawAccepter) accept() (net.Conn, error) {
 	if err := a.rc.Read(a.readFn); err != nil {
 		// Read on a closed file fails with poll's "use of closed file",
 		// not os.ErrClosed: the flag says why.
-		if a.closed.Load() || errors.Is(err, os.ErrClosed) {
+		if a.closed.Load() {
 			return nil, net.ErrClosed
 		}
 		return nil, err

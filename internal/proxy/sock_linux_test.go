@@ -189,8 +189,9 @@ func TestConnectHeap(t *testing.T) {
 }
 
 // TestRawAccepterClosed: once closed, accept says net.ErrClosed (what the
-// accept loop stops on), whether it was waiting or called afterwards, and
-// not poll's "use of closed file".
+// accept loop stops on), not poll's "use of closed file": the first accept
+// may be waiting or not yet started when close comes, the second starts
+// after it.
 func TestRawAccepterClosed(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
