@@ -23,7 +23,7 @@ func startMetrics(ctx context.Context, cfg *config.Config, srv *server.Server, l
 		ch <- nil
 		return ch, nil
 	}
-	ms, err := metrics.Listen(cfg.Metrics.Listen, metrics.NewRegistry(srv, versionString()), log)
+	ms, err := metrics.Listen(cfg.Metrics.Listen, metrics.NewHandler(srv, versionString()), log)
 	if err != nil {
 		return nil, err
 	}

@@ -46,7 +46,7 @@ func TestStartMetrics(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(body), `l4lb_build_info{goversion=`) {
+	if !strings.Contains(string(body), `l4lb_build_info{version="`) {
 		t.Errorf("no build info in\n%s", body)
 	}
 	cancel()

@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 // startMetrics serves reg on 127.0.0.1:0 until the test ends.
 func startMetrics(t *testing.T, src metrics.Source) string {
 	t.Helper()
-	ms, err := metrics.Listen("127.0.0.1:0", metrics.NewRegistry(src, "v1.2.3-test"), zerolog.Nop())
+	ms, err := metrics.Listen("127.0.0.1:0", metrics.NewHandler(src, "v1.2.3-test"), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +287,7 @@ func TestServerStopsWithContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ms, err := metrics.Listen("127.0.0.1:0", metrics.NewRegistry(srv, "test"), zerolog.Nop())
+	ms, err := metrics.Listen("127.0.0.1:0", metrics.NewHandler(srv, "test"), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
@@ -27,8 +25,9 @@ type Server struct {
 	srv *http.Server
 }
 
-// Listen binds addr ("127.0.0.1:9790") for reg. It starts nothing: call Run.
-func Listen(addr string, reg *prometheus.Registry, log zerolog.Logger) (*Server, error) {
+// Listen binds addr ("127.0.0.1:9790") to serve h (from NewHandler) at
+// /metrics. It starts nothing: call Run.
+func Listen(addr string, h http.Handler, log zerolog.Logger) (*Server, error) {
 	// SO_REUSEPORT: during an upgrade (SIGUSR2) the new process binds the
 	// metrics address while the old one, draining, still holds it.
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
@@ -45,13 +44,7 @@ func Listen(addr string, reg *prometheus.Registry, log zerolog.Logger) (*Server,
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		// One bad metric must not hide all the others.
-		ErrorHandling:       promhttp.ContinueOnError,
-		ErrorLog:            promLogger{log},
-		MaxRequestsInFlight: 4,
-		Registry:            reg, // promhttp_metric_handler_* about the scrapes themselves
-	}))
+	mux.Handle("GET /metrics", h)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
@@ -93,9 +86,3 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func serve(srv *http.Server, ln net.Listener, errc chan<- error) { errc <- srv.Serve(ln) }
-
-// promLogger sends promhttp's errors (a metric that could not be gathered)
-// to the log.
-type promLogger struct{ log zerolog.Logger }
-
-func (l promLogger) Println(v ...any) { l.log.Error().Msg(fmt.Sprint(v...)) }
