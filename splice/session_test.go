@@ -321,6 +321,12 @@ func fdCount(t *testing.T) int {
 // once they end.
 func TestIdleHoldsNoPipe(t *testing.T) {
 	pp := &PipePool{MaxIdle: 4}
+	// The engine's loops (an epoll fd and an eventfd each) start with the
+	// first session and live on: start them before counting, so the test
+	// does not depend on another having run first.
+	if _, err := defaultEngine(); err != nil {
+		t.Fatal(err)
+	}
 	before := fdCount(t)
 	const n = 50
 	rigs := make([]*rig, n)
