@@ -25,7 +25,10 @@
 //     space. Unlike Go's own io.Copy splice path, a pipe is taken from a small
 //     pool only while bytes are in flight and given back as soon as the source
 //     has no more to read, so an idle connection costs its two sockets and no
-//     pipe fds. Small messages go through read(2)/write(2) and a pooled
+//     pipe fds. Pipes are 1 MiB (fewer splice calls per megabyte) while the
+//     pool's open pipes stay within a budget of the kernel's per-user pipe
+//     limit, then 256 KiB, then the kernel's default (PipePool). Small
+//     messages go through read(2)/write(2) and a pooled
 //     buffer, held likewise only while bytes are pending, and a short read is
 //     not followed by a read to EAGAIN: the loop sees epoll's EPOLLRDHUP and
 //     EPOLLHUP flags, which Go's netpoller hides. Each direction starts in

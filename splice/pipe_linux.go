@@ -1,18 +1,49 @@
 package splice
 
 import (
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
-// pipeSize is the capacity asked of each pipe with F_SETPIPE_SZ. Larger
-// pipes mean fewer splice calls per megabyte; the kernel caps it at
-// /proc/sys/fs/pipe-max-size (1 MiB by default) and keeps the default 64 KiB
-// when it refuses.
-const pipeSize = 256 << 10
+// Pipe sizes. A bigger pipe moves more per splice(2) pair: 1 MiB pipes took
+// about a quarter off l4lb's CPU per GB of a single stream against 256 KiB
+// (docs/PERFORMANCE.md). But the kernel counts every pipe's capacity against
+// its owner's /proc/sys/fs/pipe-user-pages-soft (64 MiB by default), and an
+// unprivileged process past it (l4lb under systemd's DynamicUser) gets 8 KiB
+// pipes; and a full pipe pins its capacity of kernel memory while its
+// receiver is slow. So a pool spends a budget: a new pipe is asked to be
+// pipeBig while the pool's open pipes (idle or in use) hold at most a
+// quarter of the soft limit, capped at bigBudget; pipeMid while they hold at
+// most three quarters, capped at midBudget; past that it keeps the kernel's
+// default (64 KiB). A size the kernel refuses (pipe-max-size below 1 MiB,
+// the soft limit reached) is tried one step smaller.
+const (
+	pipeBig   = 1 << 20
+	pipeMid   = 256 << 10
+	bigBudget = 16 << 20 // 16 pipes of pipeBig
+	midBudget = 48 << 20 // then 128 more of pipeMid
+)
 
-type pipe struct{ r, w int }
+// softLimit is pipe-user-pages-soft in bytes, read once (64 MiB if it
+// cannot be read; 0 there means no limit, also taken as 64 MiB).
+var softLimit = sync.OnceValue(func() int {
+	b, err := os.ReadFile("/proc/sys/fs/pipe-user-pages-soft")
+	if err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
+			return n * os.Getpagesize()
+		}
+	}
+	return 64 << 20
+})
+
+type pipe struct {
+	r, w int
+	size int // capacity in bytes
+}
 
 func (p *pipe) close() {
 	unix.Close(p.r)
@@ -25,9 +56,14 @@ func (p *pipe) close() {
 type PipePool struct {
 	MaxIdle int // zero means 16
 
-	mu   sync.Mutex
-	idle []*pipe
-	open int // pipes open, idle or in use
+	mu       sync.Mutex
+	idle     []*pipe
+	open     int // pipes open, idle or in use
+	capacity int // their sizes' sum, plus sizes being asked for
+
+	// The budgets (bytes of capacity; zero: from the soft limit). Tests
+	// set them; -1 is no budget.
+	big, mid int
 }
 
 var defaultPipes = &PipePool{}
@@ -44,18 +80,60 @@ func (pp *PipePool) get() *pipe {
 		pp.mu.Unlock()
 		return p
 	}
+	want := pp.sizeFor()
 	pp.open++
+	pp.capacity += want // reserved, so that concurrent gets see it
 	pp.mu.Unlock()
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		pp.mu.Lock()
 		pp.open--
+		pp.capacity -= want
 		pp.mu.Unlock()
 		return nil
 	}
-	// Best effort: a refused size leaves the default 64 KiB.
-	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
-	return &pipe{r: fds[0], w: fds[1]}
+	size := setSize(fds[1], want)
+	pp.mu.Lock()
+	pp.capacity += size - want
+	pp.mu.Unlock()
+	return &pipe{r: fds[0], w: fds[1], size: size}
+}
+
+// sizeFor returns the size to ask of a new pipe, or 0 for the kernel's
+// default. pp.mu is held.
+func (pp *PipePool) sizeFor() int {
+	big, mid := pp.big, pp.mid
+	if big == 0 {
+		big = min(bigBudget, softLimit()/4)
+	}
+	if mid == 0 {
+		mid = min(midBudget, softLimit()*3/4)
+	}
+	switch {
+	case pp.capacity+pipeBig <= big:
+		return pipeBig
+	case pp.capacity+pipeMid <= mid:
+		return pipeMid
+	}
+	return 0
+}
+
+// setSize asks the pipe whose write end is w for want bytes (0: none), one
+// step smaller if refused, and returns the size it has.
+func setSize(w, want int) int {
+	for _, size := range []int{pipeBig, pipeMid} {
+		if size > want {
+			continue
+		}
+		if n, err := unix.FcntlInt(uintptr(w), unix.F_SETPIPE_SZ, size); err == nil {
+			return n
+		}
+	}
+	n, err := unix.FcntlInt(uintptr(w), unix.F_GETPIPE_SZ, 0)
+	if err != nil {
+		return 64 << 10
+	}
+	return n
 }
 
 // put gives back an empty pipe.
@@ -71,6 +149,7 @@ func (pp *PipePool) put(p *pipe) {
 		return
 	}
 	pp.open--
+	pp.capacity -= p.size
 	pp.mu.Unlock()
 	p.close()
 }
@@ -79,6 +158,7 @@ func (pp *PipePool) put(p *pipe) {
 func (pp *PipePool) discard(p *pipe) {
 	pp.mu.Lock()
 	pp.open--
+	pp.capacity -= p.size
 	pp.mu.Unlock()
 	p.close()
 }
@@ -103,6 +183,9 @@ func (pp *PipePool) Flush() {
 	idle := pp.idle
 	pp.idle = nil
 	pp.open -= len(idle)
+	for _, p := range idle {
+		pp.capacity -= p.size
+	}
 	pp.mu.Unlock()
 	for _, p := range idle {
 		p.close()

@@ -10,8 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// chunk is the most one splice(2) call asks for: the pipe's size.
-const chunk = pipeSize
+// chunk is the most one splice(2) call asks for: the largest pipe size
+// (the kernel moves no more than the pipe holds).
+const chunk = pipeBig
 
 // smallBuf is the buffer of the small-message path: a read that fills it
 // switches the direction to splice(2) for the rest of the burst.
