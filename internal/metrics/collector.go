@@ -71,6 +71,9 @@ var (
 	discSource   = newFamily("l4lb_discovery_source", gauge, "1 for where a Consul pool's hosts come from now: consul, last_known_good, waiting.", "upstream", "pool", "watch", "source")
 	discFailures = newFamily("l4lb_discovery_failures", gauge, "Consecutive failed Consul queries for the pool's watch (0 while healthy).", "upstream", "pool", "watch")
 
+	openFDsFam = newFamily("process_open_fds", gauge, "Open file descriptors (a proxied connection holds 2, 6 while bytes move).")
+	maxFDsFam  = newFamily("process_max_fds", gauge, "The limit of open file descriptors (RLIMIT_NOFILE).")
+
 	buildInfo = newFamily("l4lb_build_info", gauge, "Always 1; the labels say which l4lb build is running.", "version", "goversion")
 
 	reloads        = newFamily("l4lb_config_reloads_total", counter, "Successful config reloads.")
@@ -86,30 +89,31 @@ var all = []*family{
 	hostActive, hostTotal, hostBytes, hostFails, hostState, hostHealthy, hostWeight, hostMaxConns, hostCheckDur,
 	discIndex, discAge, discHosts, discSource, discFailures,
 	reloads, reloadFailures,
+	openFDsFam, maxFDsFam,
 }
 
 var states = []pool.State{pool.StateUp, pool.StateDown, pool.StateManualDown, pool.StateDraining}
 
 // collect reads the source's counters once, into e.
 func (c *Collector) collect(e *exposition) {
-	e.set(buildInfo, 1, c.version, runtime.Version())
+	e.f64(buildInfo, 1, c.version, runtime.Version())
 
 	for _, l := range c.src.Listeners() {
 		n := l.Name()
-		e.set(listenerInfo, 1, n, "tcp", l.Addr().String(), upstreamOf(l.Settings()))
+		e.f64(listenerInfo, 1, n, "tcp", l.Addr().String(), upstreamOf(l.Settings()))
 		st := l.Stats()
-		e.set(tcpActive, float64(st.Active), n)
-		e.count(tcpAccepted, st.Accepted, n)
-		e.count(tcpRejected, st.Denied, n, "denied")
-		e.count(tcpRejected, st.OverListenerLimit, n, "max_connections")
-		e.count(tcpRejected, st.OverClientLimit, n, "max_connections_per_client")
-		e.count(tcpRejected, st.Untrusted, n, "untrusted_proxy")
-		e.count(tcpRejected, st.BadProxyHeader, n, "bad_proxy_header")
-		e.count(tcpNoBackend, st.NoBackend, n)
-		e.count(tcpAcceptErrs, st.AcceptErrors, n)
-		e.count(tcpAttempts, st.Connected+st.ConnectFails, n)
-		e.count(tcpConnectFail, st.ConnectFails, n)
-		e.count(tcpHostFull, st.HostFull, n)
+		e.f64(tcpActive, float64(st.Active), n)
+		e.u64(tcpAccepted, st.Accepted, n)
+		e.u64(tcpRejected, st.Denied, n, "denied")
+		e.u64(tcpRejected, st.OverListenerLimit, n, "max_connections")
+		e.u64(tcpRejected, st.OverClientLimit, n, "max_connections_per_client")
+		e.u64(tcpRejected, st.Untrusted, n, "untrusted_proxy")
+		e.u64(tcpRejected, st.BadProxyHeader, n, "bad_proxy_header")
+		e.u64(tcpNoBackend, st.NoBackend, n)
+		e.u64(tcpAcceptErrs, st.AcceptErrors, n)
+		e.u64(tcpAttempts, st.Connected+st.ConnectFails, n)
+		e.u64(tcpConnectFail, st.ConnectFails, n)
+		e.u64(tcpHostFull, st.HostFull, n)
 	}
 	for _, l := range c.src.UDPListeners() {
 		n := l.Name()
@@ -117,21 +121,21 @@ func (c *Collector) collect(e *exposition) {
 		if s := l.Settings(); s != nil && s.Upstream != nil {
 			up = s.Upstream.Name // nil: bound by a reload, settings not yet published
 		}
-		e.set(listenerInfo, 1, n, "udp", l.Addr().String(), up)
+		e.f64(listenerInfo, 1, n, "udp", l.Addr().String(), up)
 		st := l.Stats()
-		e.set(udpActive, float64(st.SessionsActive), n)
-		e.count(udpCreated, st.SessionsCreated, n)
-		e.count(udpEnded, st.SessionsExpired, n, "expired")
-		e.count(udpEnded, st.SessionsCompleted, n, "completed")
-		e.count(udpEnded, st.SessionsFailed, n, "failed")
-		e.count(udpDropped, st.DroppedFull, n, "full")
-		e.count(udpDropped, st.DroppedNoHost, n, "no_host")
-		e.count(udpDropped, st.DroppedError, n, "error")
-		e.count(udpHostErr, st.HostErrors, n)
-		e.count(udpDgrams, st.DatagramsUp, n, "up")
-		e.count(udpDgrams, st.DatagramsDown, n, "down")
-		e.count(udpBytes, st.BytesUp, n, "up")
-		e.count(udpBytes, st.BytesDown, n, "down")
+		e.f64(udpActive, float64(st.SessionsActive), n)
+		e.u64(udpCreated, st.SessionsCreated, n)
+		e.u64(udpEnded, st.SessionsExpired, n, "expired")
+		e.u64(udpEnded, st.SessionsCompleted, n, "completed")
+		e.u64(udpEnded, st.SessionsFailed, n, "failed")
+		e.u64(udpDropped, st.DroppedFull, n, "full")
+		e.u64(udpDropped, st.DroppedNoHost, n, "no_host")
+		e.u64(udpDropped, st.DroppedError, n, "error")
+		e.u64(udpHostErr, st.HostErrors, n)
+		e.u64(udpDgrams, st.DatagramsUp, n, "up")
+		e.u64(udpDgrams, st.DatagramsDown, n, "down")
+		e.u64(udpBytes, st.BytesUp, n, "up")
+		e.u64(udpBytes, st.BytesDown, n, "down")
 	}
 
 	// A host removed while draining may share its id with a live one in
@@ -147,42 +151,48 @@ func (c *Collector) collect(e *exposition) {
 		}
 		seen[k] = true
 		lv := []string{h.Upstream, h.Pool, h.ID} // len == cap: each append below copies
-		e.set(hostActive, float64(h.Active), lv...)
-		e.count(hostTotal, h.Total, lv...)
-		e.count(hostBytes, h.BytesToHost, append(lv, "to_host")...)
-		e.count(hostBytes, h.BytesFromHost, append(lv, "from_host")...)
+		e.f64(hostActive, float64(h.Active), lv...)
+		e.u64(hostTotal, h.Total, lv...)
+		e.u64(hostBytes, h.BytesToHost, append(lv, "to_host")...)
+		e.u64(hostBytes, h.BytesFromHost, append(lv, "from_host")...)
 		for kind, n := range h.ConnectFailures {
-			e.count(hostFails, n, append(lv, pool.FailKind(kind).String())...)
+			e.u64(hostFails, n, append(lv, pool.FailKind(kind).String())...)
 		}
 		for _, s := range states {
-			e.set(hostState, boolf(h.State == s), append(lv, s.String())...)
+			e.f64(hostState, boolf(h.State == s), append(lv, s.String())...)
 		}
-		e.set(hostHealthy, boolf(h.Healthy), lv...)
-		e.set(hostWeight, float64(h.Weight), lv...)
+		e.f64(hostHealthy, boolf(h.Healthy), lv...)
+		e.f64(hostWeight, float64(h.Weight), lv...)
 		if h.MaxConns > 0 {
-			e.set(hostMaxConns, float64(h.MaxConns), lv...)
+			e.f64(hostMaxConns, float64(h.MaxConns), lv...)
 		}
 		if h.CheckDuration > 0 {
-			e.set(hostCheckDur, h.CheckDuration.Seconds(), lv...)
+			e.f64(hostCheckDur, h.CheckDuration.Seconds(), lv...)
 		}
 	}
 
 	now := time.Now()
 	for _, d := range st.Discovery {
 		lv := []string{d.Upstream, d.Pool, d.Watch}
-		e.set(discIndex, float64(d.Index), lv...)
+		e.f64(discIndex, float64(d.Index), lv...)
 		if !d.Updated.IsZero() {
-			e.set(discAge, now.Sub(d.Updated).Seconds(), lv...)
+			e.f64(discAge, now.Sub(d.Updated).Seconds(), lv...)
 		}
-		e.set(discHosts, float64(d.Hosts), lv...)
+		e.f64(discHosts, float64(d.Hosts), lv...)
 		for _, src := range []string{"consul", "last_known_good", "waiting"} {
-			e.set(discSource, boolf(d.Source == src), append(lv, src)...)
+			e.f64(discSource, boolf(d.Source == src), append(lv, src)...)
 		}
-		e.set(discFailures, float64(d.Failures), lv...)
+		e.f64(discFailures, float64(d.Failures), lv...)
 	}
 
-	e.count(reloads, c.src.Reloads())
-	e.count(reloadFailures, c.src.ReloadFailures())
+	e.u64(reloads, c.src.Reloads())
+	e.u64(reloadFailures, c.src.ReloadFailures())
+	if n, err := openFDs(); err == nil {
+		e.f64(openFDsFam, float64(n))
+	}
+	if n, err := maxFDs(); err == nil {
+		e.u64(maxFDsFam, n)
+	}
 }
 
 func upstreamOf(s *proxy.Settings) string {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -73,22 +74,36 @@ func (e *exposition) add(f *family, lv []string, val func([]byte) []byte) {
 	e.lines[f] = append(b, '\n')
 }
 
-// count adds a series with an integer value: exact, where a float64 would
+// u64 adds a series with an integer value: exact, where a float64 would
 // round a counter above 2^53.
-func (e *exposition) count(f *family, v uint64, lv ...string) {
+func (e *exposition) u64(f *family, v uint64, lv ...string) {
 	e.add(f, lv, func(b []byte) []byte { return strconv.AppendUint(b, v, 10) })
 }
 
-// set adds a series with a float value.
-func (e *exposition) set(f *family, v float64, lv ...string) {
+// f64 adds a series with a float value.
+func (e *exposition) f64(f *family, v float64, lv ...string) {
 	e.add(f, lv, func(b []byte) []byte { return appendFloat(b, v) })
 }
 
-// writeTo writes the families of fams that have series, in that order,
-// each with its HELP and TYPE.
+// writeTo writes the families that have series, those of fams first in
+// that order and then any others by name (a family missing from fams is a
+// slip, not a reason to hide it), each with its HELP and TYPE.
 func (e *exposition) writeTo(w io.Writer, fams []*family) error {
-	var b []byte
+	listed := make(map[*family]bool, len(fams))
+	order := make([]*family, 0, len(e.lines))
 	for _, f := range fams {
+		listed[f] = true
+		order = append(order, f)
+	}
+	var rest []*family
+	for f := range e.lines {
+		if !listed[f] {
+			rest = append(rest, f)
+		}
+	}
+	slices.SortFunc(rest, func(a, b *family) int { return strings.Compare(a.name, b.name) })
+	var b []byte
+	for _, f := range append(order, rest...) {
 		lines := e.lines[f]
 		if len(lines) == 0 {
 			continue

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"compress/gzip"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 
 	vm "github.com/VictoriaMetrics/metrics"
 )
@@ -37,33 +39,44 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e := newExposition()
 	h.c.collect(e)
 	var body bytes.Buffer
-	e.writeTo(&body, all) // a bytes.Buffer does not fail
-	vm.WriteProcessMetrics(&body)
-	vm.WriteFDMetrics(&body)
+	e.writeTo(&body, all)         // a bytes.Buffer does not fail
+	vm.WriteProcessMetrics(&body) // process_open_fds and _max_fds are ours (collect)
 
 	w.Header().Set("Content-Type", contentType)
+	w.Header().Add("Vary", "Accept-Encoding")
 	if !acceptsGzip(r) {
 		w.Write(body.Bytes())
 		return
 	}
 	w.Header().Set("Content-Encoding", "gzip")
-	w.Header().Add("Vary", "Accept-Encoding")
-	zw := gzip.NewWriter(w)
+	zw := gzipWriters.Get().(*gzip.Writer)
+	zw.Reset(w)
 	zw.Write(body.Bytes())
 	zw.Close()
+	gzipWriters.Put(zw)
 }
 
+// gzipWriters keeps gzip writers between scrapes: each holds several
+// hundred KB of compression state.
+var gzipWriters = sync.Pool{New: func() any { return gzip.NewWriter(nil) }}
+
 // acceptsGzip reports whether the request's Accept-Encoding lists gzip
-// (with a q-value other than 0).
+// with a q-value above 0 (RFC 9110, section 12.5.3).
 func acceptsGzip(r *http.Request) bool {
 	for _, v := range r.Header.Values("Accept-Encoding") {
 		for part := range strings.SplitSeq(v, ",") {
-			coding, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+			coding, params, _ := strings.Cut(part, ";")
 			if !strings.EqualFold(strings.TrimSpace(coding), "gzip") {
 				continue
 			}
-			q := strings.ReplaceAll(params, " ", "")
-			return q != "q=0" && q != "q=0.0" && q != "q=0.00" && q != "q=0.000"
+			for param := range strings.SplitSeq(params, ";") {
+				k, val, _ := strings.Cut(param, "=")
+				if strings.EqualFold(strings.TrimSpace(k), "q") {
+					q, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+					return err == nil && q > 0
+				}
+			}
+			return true
 		}
 	}
 	return false

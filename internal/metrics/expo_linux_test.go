@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/l4lb/l4lb/internal/udp"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"golang.org/x/sys/unix"
 )
 
 // Series added in any order come out one family at a time under one HELP
@@ -29,13 +31,13 @@ func TestExpositionParses(t *testing.T) {
 	e := newFamily("t_float", gauge, "Special values.", "v")
 
 	x := newExposition()
-	x.count(a, 1<<53+1, `quo"te`, "x")
-	x.set(b, 2.5, "back\\slash")
-	x.count(a, 7, "new\nline", "y")
-	x.set(b, 0, "bad\xffutf8")
-	x.set(d, 1e21)
-	x.set(e, posInf, "inf")
-	x.set(e, -posInf, "-inf")
+	x.u64(a, 1<<53+1, `quo"te`, "x")
+	x.f64(b, 2.5, "back\\slash")
+	x.u64(a, 7, "new\nline", "y")
+	x.f64(b, 0, "bad\xffutf8")
+	x.f64(d, 1e21)
+	x.f64(e, posInf, "inf")
+	x.f64(e, -posInf, "-inf")
 
 	var out bytes.Buffer
 	if err := x.writeTo(&out, []*family{a, b, c, d, e}); err != nil {
@@ -98,6 +100,70 @@ func TestExpositionParses(t *testing.T) {
 
 var posInf = math.Inf(1)
 
+// A family left out of the list writeTo is given is still written, after
+// the listed ones, by name: a slip in the list must not hide a metric.
+func TestExpositionUnlisted(t *testing.T) {
+	a := newFamily("t_a", gauge, "a")
+	z := newFamily("t_z", gauge, "z")
+	m := newFamily("t_m", gauge, "m")
+	x := newExposition()
+	x.f64(z, 1)
+	x.f64(m, 2)
+	x.f64(a, 3)
+	var out bytes.Buffer
+	if err := x.writeTo(&out, []*family{z}); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for line := range strings.SplitSeq(out.String(), "\n") {
+		if name, ok := strings.CutPrefix(line, "# TYPE "); ok {
+			names = append(names, strings.Fields(name)[0])
+		}
+	}
+	if got := strings.Join(names, " "); got != "t_z t_a t_m" {
+		t.Errorf("families %q, want %q", got, "t_z t_a t_m")
+	}
+}
+
+// The open-fd count agrees with a listing of /proc/self/fd, by both of its
+// ways (the directory's size on Linux 6.2 and later, its entries counted
+// before), and moves with fds opened.
+func TestOpenFDs(t *testing.T) {
+	list := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents) - 1 // ReadDir's own fd
+	}
+	for _, f := range []func() (int, error){openFDs, countFDs} {
+		n0, err := f()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := list(); n0 != want {
+			t.Errorf("%d open fds, a listing says %d", n0, want)
+		}
+		var fds [2]int
+		if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		n1, err := f()
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		if err != nil || n1 != n0+2 {
+			t.Errorf("after a pipe: %d (%v), want %d", n1, err, n0+2)
+		}
+	}
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := maxFDs(); err != nil || n != rl.Cur {
+		t.Errorf("maxFDs %d (%v), want %d", n, err, rl.Cur)
+	}
+}
+
 // A family given the wrong number of label values is a programming error,
 // caught at once rather than written as a series Prometheus would reject.
 func TestExpositionLabelCount(t *testing.T) {
@@ -106,7 +172,7 @@ func TestExpositionLabelCount(t *testing.T) {
 			t.Error("no panic for a missing label value")
 		}
 	}()
-	newExposition().set(newFamily("t", gauge, "h", "a", "b"), 1, "only-a")
+	newExposition().f64(newFamily("t", gauge, "h", "a", "b"), 1, "only-a")
 }
 
 type emptySource struct{}
@@ -125,15 +191,16 @@ func TestHandler(t *testing.T) {
 	for _, c := range []struct {
 		accept string
 		gz     bool
-	}{{"", false}, {"gzip", true}, {"deflate, gzip;q=0.5", true}, {"gzip;q=0", false}, {"identity", false}} {
+	}{{"", false}, {"gzip", true}, {"deflate, gzip;q=0.5", true}, {"GZIP ; Q=0.001", true},
+		{"gzip;q=0", false}, {"gzip; Q=0.000", false}, {"gzip;q=x", false}, {"identity", false}} {
 		r := httptest.NewRequest("GET", "/metrics", nil)
 		if c.accept != "" {
 			r.Header.Set("Accept-Encoding", c.accept)
 		}
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
-		if w.Code != http.StatusOK || w.Header().Get("Content-Type") != contentType {
-			t.Fatalf("Accept-Encoding %q: %d, Content-Type %q", c.accept, w.Code, w.Header().Get("Content-Type"))
+		if w.Code != http.StatusOK || w.Header().Get("Content-Type") != contentType || w.Header().Get("Vary") != "Accept-Encoding" {
+			t.Fatalf("Accept-Encoding %q: %d, header %v", c.accept, w.Code, w.Header())
 		}
 		body := w.Body.Bytes()
 		if gz := w.Header().Get("Content-Encoding") == "gzip"; gz != c.gz {
