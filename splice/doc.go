@@ -27,7 +27,8 @@
 //     has no more to read, so an idle connection costs its two sockets and no
 //     pipe fds. Pipes are 1 MiB (fewer splice calls per megabyte) while the
 //     pool's open pipes stay within a budget of the kernel's per-user pipe
-//     limit, then 256 KiB, then the kernel's default (PipePool). Small
+//     limit, then 256 KiB, then the kernel's default; a small pipe given
+//     back when a bigger one would fit is closed (PipePool). Small
 //     messages go through read(2)/write(2) and a pooled
 //     buffer, held likewise only while bytes are pending, and a short read is
 //     not followed by a read to EAGAIN: the loop sees epoll's EPOLLRDHUP and

@@ -13,23 +13,26 @@ import (
 // about a quarter off l4lb's CPU per GB of a single stream against 256 KiB
 // (docs/PERFORMANCE.md). But the kernel counts every pipe's capacity against
 // its owner's /proc/sys/fs/pipe-user-pages-soft (64 MiB by default), and an
-// unprivileged process past it (l4lb under systemd's DynamicUser) gets 8 KiB
-// pipes; and a full pipe pins its capacity of kernel memory while its
-// receiver is slow. So a pool spends a budget: a new pipe is asked to be
+// unprivileged process past it (l4lb under systemd's DynamicUser) gets
+// two-page pipes; and a full pipe pins its capacity of kernel memory while
+// its receiver is slow. So a pool spends a budget: a new pipe is asked to be
 // pipeBig while the pool's open pipes (idle or in use) hold at most a
 // quarter of the soft limit, capped at bigBudget; pipeMid while they hold at
-// most three quarters, capped at midBudget; past that it keeps the kernel's
-// default (64 KiB). A size the kernel refuses (pipe-max-size below 1 MiB,
-// the soft limit reached) is tried one step smaller.
+// most half, capped at midBudget (half, so that the old and the new process
+// of an upgrade, one user, stay within the limit together); past that it
+// keeps the kernel's default (16 pages). A size the kernel refuses
+// (pipe-max-size below 1 MiB, the soft limit reached) is tried one step
+// smaller; a pipe is never made smaller than it was created.
 const (
 	pipeBig   = 1 << 20
 	pipeMid   = 256 << 10
 	bigBudget = 16 << 20 // 16 pipes of pipeBig
-	midBudget = 48 << 20 // then 128 more of pipeMid
+	midBudget = 32 << 20 // then 64 more of pipeMid
 )
 
-// softLimit is pipe-user-pages-soft in bytes, read once (64 MiB if it
-// cannot be read; 0 there means no limit, also taken as 64 MiB).
+// softLimit is pipe-user-pages-soft in bytes, read once. 64 MiB if it
+// cannot be read (the systemd unit's ProcSubset=pid hides /proc/sys) or is
+// 0 (no limit).
 var softLimit = sync.OnceValue(func() int {
 	b, err := os.ReadFile("/proc/sys/fs/pipe-user-pages-soft")
 	if err == nil {
@@ -62,7 +65,7 @@ type PipePool struct {
 	capacity int // their sizes' sum, plus sizes being asked for
 
 	// The budgets (bytes of capacity; zero: from the soft limit). Tests
-	// set them; -1 is no budget.
+	// set them; -1: no pipes of that size.
 	big, mid int
 }
 
@@ -107,7 +110,7 @@ func (pp *PipePool) sizeFor() int {
 		big = min(bigBudget, softLimit()/4)
 	}
 	if mid == 0 {
-		mid = min(midBudget, softLimit()*3/4)
+		mid = min(midBudget, softLimit()/2)
 	}
 	switch {
 	case pp.capacity+pipeBig <= big:
@@ -119,24 +122,28 @@ func (pp *PipePool) sizeFor() int {
 }
 
 // setSize asks the pipe whose write end is w for want bytes (0: none), one
-// step smaller if refused, and returns the size it has.
+// step smaller if refused, never less than it has, and returns the size it
+// has then.
 func setSize(w, want int) int {
+	have, err := unix.FcntlInt(uintptr(w), unix.F_GETPIPE_SZ, 0)
+	if err != nil {
+		have = 16 * os.Getpagesize() // the kernel's default
+	}
 	for _, size := range []int{pipeBig, pipeMid} {
-		if size > want {
+		if size > want || size <= have {
 			continue
 		}
 		if n, err := unix.FcntlInt(uintptr(w), unix.F_SETPIPE_SZ, size); err == nil {
 			return n
 		}
 	}
-	n, err := unix.FcntlInt(uintptr(w), unix.F_GETPIPE_SZ, 0)
-	if err != nil {
-		return 64 << 10
-	}
-	return n
+	return have
 }
 
-// put gives back an empty pipe.
+// put gives back an empty pipe. It is kept for reuse unless MaxIdle pipes
+// are idle already, or it is smaller than a new pipe would be now (made
+// when the budget was spent, it would otherwise be reused in place of a
+// bigger one for as long as the process runs).
 func (pp *PipePool) put(p *pipe) {
 	max := pp.MaxIdle
 	if max == 0 {
@@ -144,9 +151,14 @@ func (pp *PipePool) put(p *pipe) {
 	}
 	pp.mu.Lock()
 	if len(pp.idle) < max {
-		pp.idle = append(pp.idle, p)
-		pp.mu.Unlock()
-		return
+		pp.capacity -= p.size
+		want := pp.sizeFor()
+		pp.capacity += p.size
+		if want <= p.size {
+			pp.idle = append(pp.idle, p)
+			pp.mu.Unlock()
+			return
+		}
 	}
 	pp.open--
 	pp.capacity -= p.size

@@ -324,7 +324,7 @@ func TestIdleHoldsNoPipe(t *testing.T) {
 	// The engine's loops (an epoll fd and an eventfd each) start with the
 	// first session and live on: start them before counting, so the test
 	// does not depend on another having run first.
-	if _, err := defaultEngine(); err != nil {
+	if err := StartEngine(); err != nil {
 		t.Fatal(err)
 	}
 	before := fdCount(t)
