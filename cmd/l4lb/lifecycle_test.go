@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/l4lb/l4lb/internal/config"
 	"github.com/l4lb/l4lb/internal/sdnotify"
 	"github.com/l4lb/l4lb/internal/testbackend"
 	"golang.org/x/sys/unix"
@@ -976,5 +978,35 @@ func checkInstalledDocs(t *testing.T, docdir string) {
 				t.Errorf("installed %s links to %s, which is not there", filepath.Base(f), m[1])
 			}
 		}
+	}
+}
+
+// Console lines written anywhere but a terminal (journald, a file, a pipe)
+// carry no colour escapes; a terminal gets them.
+func TestConsoleLogColourOnlyOnATerminal(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var buf bytes.Buffer
+	for _, w := range []io.Writer{&buf, f} {
+		lg := newLogger(config.Log{Level: "info"}, w)
+		lg.Info().Str("host", "r1").Msg("host up")
+	}
+	b, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, out := range map[string]string{"buffer": buf.String(), "file": string(b)} {
+		if !strings.Contains(out, "host up") || !strings.Contains(out, "host=r1") {
+			t.Errorf("%s: %q is not a console line", name, out)
+		}
+		if strings.Contains(out, "\x1b[") {
+			t.Errorf("%s: colour escapes in %q", name, out)
+		}
+	}
+	if isTerminal(&buf) || isTerminal(f) {
+		t.Error("a buffer or a file taken for a terminal")
 	}
 }

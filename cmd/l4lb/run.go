@@ -15,6 +15,7 @@ import (
 	"github.com/l4lb/l4lb/internal/sdnotify"
 	"github.com/l4lb/l4lb/internal/server"
 	"github.com/l4lb/l4lb/internal/upgrade"
+	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 )
 
@@ -28,9 +29,11 @@ func check(path string, stdout, stderr io.Writer) int {
 }
 
 // newLogger builds the one root logger; everything else gets it by value.
+// Console lines are coloured only on a terminal: journald and files get
+// plain text.
 func newLogger(c config.Log, w io.Writer) zerolog.Logger {
 	if c.Format != "json" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000", NoColor: !isTerminal(w)}
 	}
 	lvl, err := zerolog.ParseLevel(c.Level)
 	if err != nil || c.Level == "" {
@@ -225,4 +228,13 @@ func run(path string, stderr io.Writer) int {
 			return 1
 		}
 	}
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	return isatty.IsTerminal(f.Fd())
 }
