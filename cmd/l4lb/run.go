@@ -31,8 +31,8 @@ func check(path string, stdout, stderr io.Writer) int {
 
 // newLogger builds the one root logger; everything else gets it by value.
 // Console lines are coloured only on a terminal; journald, files and pipes
-// get plain text from consolelog, the same bytes for a seventh of the CPU
-// (a line per connection is logged there).
+// get plain text from consolelog: zerolog's console bytes for an eighth of
+// the CPU (a line per connection is logged there).
 func newLogger(c config.Log, w io.Writer) zerolog.Logger {
 	const timeFormat = "15:04:05.000"
 	switch {

@@ -14,7 +14,9 @@ import (
 // Every event is printed exactly as zerolog's ConsoleWriter (NoColor)
 // prints it: the lines l4lb logs, and random events with awkward strings,
 // numbers, booleans, duplicate keys, an error field, nested values (which
-// go to zerolog's writer) and every level.
+// go to zerolog's writer) and every level. (zerolog's encoder writes only
+// valid JSON with valid UTF-8; TestSameOnHandWrittenJSON and the fuzz
+// target cover the rest.)
 func TestSameAsZerolog(t *testing.T) {
 	var events [][]byte
 	var raw bytes.Buffer
@@ -41,7 +43,7 @@ func TestSameAsZerolog(t *testing.T) {
 		return b.String()
 	}
 	keys := []string{"a", "b", "error", "zeta", "host", "Upper", "é", "with space", "q\"uote"}
-	levels := []zerolog.Level{zerolog.TraceLevel, zerolog.DebugLevel, zerolog.InfoLevel, zerolog.WarnLevel, zerolog.ErrorLevel}
+	levels := []zerolog.Level{zerolog.TraceLevel, zerolog.DebugLevel, zerolog.InfoLevel, zerolog.WarnLevel, zerolog.ErrorLevel, zerolog.FatalLevel, zerolog.PanicLevel}
 	for range 3000 {
 		e := lg.WithLevel(levels[rng.IntN(len(levels))])
 		for range rng.IntN(6) {
@@ -82,6 +84,66 @@ func TestSameAsZerolog(t *testing.T) {
 	// Only the two nested events may have gone to zerolog's writer.
 	if fast < len(events)-2 {
 		t.Errorf("%d of %d events took the fast path, want all but 2", fast, len(events))
+	}
+}
+
+// handWritten are events zerolog's encoder would not write but a JSON
+// writer could (RawJSON, another encoder): escapes, invalid UTF-8, lone and
+// reversed surrogates, odd numbers, empty and reserved keys, empty time.
+var handWritten = []string{
+	`{"level":"info","time":"2026-12-02T07:22:51Z","message":"esc \/ \b \f \r \t \n \" \\ \u00e9 \u0000"}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","s":"\ud83d\ude00 pair","t":"\uD83D\uDE00 upper"}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","s":"lone \ud83d x","t":"rev \ude00\ud83d","u":"hi \ud83d\u0041"}`,
+	"{\"level\":\"info\",\"time\":\"2026-12-02T07:22:51Z\",\"s\":\"raw \xff\xfe bad \xed\xa0\x80 sur\"}",
+	`{"level":"info","time":"2026-12-02T07:22:51Z","a":-0,"b":1e+06,"c":1E-7,"d":0.5,"e":-12.25e3}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","n":01}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","n":1.2.3}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","n":-}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","n":1.}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","n":.5}`,
+	`{"level":"info","time":"","message":"empty time"}`,
+	`{"level":"info","time":"not a time","message":"bad time"}`,
+	`{"level":"info","time":"2026-12-02T07:22:51+05:00","time":"2026-12-02T08:00:00Z","message":"dup time"}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","error":"e","":"empty"}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","":"empty, no error"}`,
+	`{"level":"warn","level":"error","time":"2026-12-02T07:22:51Z","message":"dup level"}`,
+	`{"level":"fatal","time":"2026-12-02T07:22:51Z"}`,
+	`{"level":"panic","time":"2026-12-02T07:22:51Z","message":null}`,
+	`{"level":"INFO","time":"2026-12-02T07:22:51Z"}`,
+	`{"time":"2026-12-02T07:22:51Z","message":"no level"}`,
+	"{\"level\":\"info\",\"time\":\"2026-12-02T07:22:51Z\",\"message\":\"raw\nnewline\"}",
+	`{"level":"info","time":"2026-12-02T07:22:51Z","message":"escaped\nnewline","caller":"x.go:1"}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","k\u0001ey":"v","q\"k":"v"}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","message":"two"}{"level":"info"}`,
+	`{"level":"info","time":"2026-12-02T07:22:51Z","message":"trailing"} x`,
+	"{\"level\":\"info\",\"time\":\"2026-12-02T07:22:51Z\",\"message\":\"crlf\"}\r\n",
+	`{"level":"info","time":1764660171,"message":"unix time"}`,
+	`{}`, `[]`, ``, `{"level":"info","time":"2026-12-02T07:22:51Z","v":tru}`,
+}
+
+// Events written by hand go through both writers to the same bytes (or,
+// where zerolog cannot read them, both fail).
+func TestSameOnHandWrittenJSON(t *testing.T) {
+	for _, ev := range handWritten {
+		sameAsZerolog(t, []byte(ev))
+	}
+}
+
+// FuzzSameAsZerolog: any input, the same output as zerolog's writer.
+func FuzzSameAsZerolog(f *testing.F) {
+	for _, ev := range handWritten {
+		f.Add([]byte(ev))
+	}
+	f.Fuzz(func(t *testing.T, ev []byte) { sameAsZerolog(t, ev) })
+}
+
+func sameAsZerolog(t *testing.T, ev []byte) {
+	t.Helper()
+	var want, got bytes.Buffer
+	_, werr := (zerolog.ConsoleWriter{Out: &want, TimeFormat: "15:04:05.000", NoColor: true}).Write(ev)
+	_, gerr := New(&got, "15:04:05.000").Write(ev)
+	if (werr == nil) != (gerr == nil) || got.String() != want.String() {
+		t.Errorf("%q:\n got %q (%v)\nwant %q (%v)", ev, got.String(), gerr, want.String(), werr)
 	}
 }
 
