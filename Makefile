@@ -60,7 +60,7 @@ FUZZTIME ?= 1m
 FUZZ_TARGETS = ./internal/config:FuzzParse ./control:FuzzDecodeRequest \
 	./internal/proxyproto:FuzzRead ./health:FuzzParseGreeting \
 	./internal/discovery:FuzzConsulPayload ./internal/discovery:FuzzLKG \
-	./internal/server:FuzzDecodeJournal
+	./internal/server:FuzzDecodeJournal ./internal/consolelog:FuzzSameAsZerolog
 fuzz:
 	@failed=""; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
