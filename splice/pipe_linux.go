@@ -83,7 +83,7 @@ func (pp *PipePool) get() *pipe {
 		pp.mu.Unlock()
 		return p
 	}
-	want := pp.sizeFor()
+	want := pp.sizeFor(pp.capacity)
 	pp.open++
 	pp.capacity += want // reserved, so that concurrent gets see it
 	pp.mu.Unlock()
@@ -102,9 +102,9 @@ func (pp *PipePool) get() *pipe {
 	return &pipe{r: fds[0], w: fds[1], size: size}
 }
 
-// sizeFor returns the size to ask of a new pipe, or 0 for the kernel's
-// default. pp.mu is held.
-func (pp *PipePool) sizeFor() int {
+// sizeFor returns the size to ask of a new pipe while open pipes hold used
+// bytes, or 0 for the kernel's default. pp.mu is held.
+func (pp *PipePool) sizeFor(used int) int {
 	big, mid := pp.big, pp.mid
 	if big == 0 {
 		big = min(bigBudget, softLimit()/4)
@@ -113,9 +113,9 @@ func (pp *PipePool) sizeFor() int {
 		mid = min(midBudget, softLimit()/2)
 	}
 	switch {
-	case pp.capacity+pipeBig <= big:
+	case used+pipeBig <= big:
 		return pipeBig
-	case pp.capacity+pipeMid <= mid:
+	case used+pipeMid <= mid:
 		return pipeMid
 	}
 	return 0
@@ -150,20 +150,13 @@ func (pp *PipePool) put(p *pipe) {
 		max = 16
 	}
 	pp.mu.Lock()
-	if len(pp.idle) < max {
-		pp.capacity -= p.size
-		want := pp.sizeFor()
-		pp.capacity += p.size
-		if want <= p.size {
-			pp.idle = append(pp.idle, p)
-			pp.mu.Unlock()
-			return
-		}
+	if len(pp.idle) < max && pp.sizeFor(pp.capacity-p.size) <= p.size {
+		pp.idle = append(pp.idle, p)
+		pp.mu.Unlock()
+		return
 	}
-	pp.open--
-	pp.capacity -= p.size
 	pp.mu.Unlock()
-	p.close()
+	pp.discard(p)
 }
 
 // discard closes a pipe that may still hold bytes.

@@ -67,15 +67,15 @@ func TestPipeSizesSpendABudget(t *testing.T) {
 func TestPipeBudgetFromSoftLimit(t *testing.T) {
 	pp := &PipePool{}
 	pp.capacity = min(bigBudget, softLimit()/4) - pipeBig
-	if s := pp.sizeFor(); s != pipeBig {
+	if s := pp.sizeFor(pp.capacity); s != pipeBig {
 		t.Errorf("one big pipe left in the budget: asked %d", s)
 	}
 	pp.capacity += pipeBig
-	if s := pp.sizeFor(); s != pipeMid {
+	if s := pp.sizeFor(pp.capacity); s != pipeMid {
 		t.Errorf("big budget spent: asked %d, want %d", s, pipeMid)
 	}
 	pp.capacity = min(midBudget, softLimit()/2)
-	if s := pp.sizeFor(); s != 0 {
+	if s := pp.sizeFor(pp.capacity); s != 0 {
 		t.Errorf("both budgets spent: asked %d, want the default", s)
 	}
 }
