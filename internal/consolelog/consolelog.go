@@ -139,7 +139,6 @@ func (w *Writer) format1(sc *scratch, p []byte) ([]byte, bool) {
 
 	// Fields: sorted by name, error first, each once (the last value).
 	keys := sc.keys[:0]
-	defer func() { sc.keys = keys }()
 	for _, f := range fields {
 		if f.key == "" {
 			return nil, false // zerolog drops it, or not, depending on an error field
@@ -156,6 +155,7 @@ func (w *Writer) format1(sc *scratch, p []byte) ([]byte, bool) {
 		copy(keys[1:i+1], keys[:i])
 		keys[0] = zerolog.ErrorFieldName
 	}
+	sc.keys = keys // kept for the next line
 	if len(keys) > 0 {
 		b = append(b, ' ')
 	}
