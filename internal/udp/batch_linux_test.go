@@ -31,10 +31,7 @@ func TestMmsghdrLayout(t *testing.T) {
 // TestSockaddrPort: source addresses come out as net's ReadFromUDPAddrPort
 // gives them.
 func TestSockaddrPort(t *testing.T) {
-	type raw struct {
-		sa unix.RawSockaddrInet6
-		n  uint32
-	}
+	type raw = sockName
 	port := func(p *uint16, v uint16) { binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(p))[:], v) }
 	v4 := func(a [4]byte, p uint16) raw {
 		var r raw
@@ -61,7 +58,7 @@ func TestSockaddrPort(t *testing.T) {
 		{"truncated", raw{sa: unix.RawSockaddrInet6{Family: unix.AF_INET6}, n: 8}, "invalid AddrPort"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := sockaddrPort(&tc.raw.sa, tc.raw.n).String(); got != tc.want {
+			if got := sockaddrPort(&tc.raw).String(); got != tc.want {
 				t.Errorf("got %s; want %s", got, tc.want)
 			}
 		})
@@ -131,7 +128,7 @@ func BenchmarkReadQueued(b *testing.B) {
 				_ = c.SetReadBuffer(4 << 20)
 				w := client(b, c.LocalAddr().String())
 				got := 0
-				r, err := newReader(c, false, func([]byte, netip.AddrPort, []byte) { got++ })
+				r, err := newReader(false, func([]byte, *sockName, []byte) { got++ })
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -151,7 +148,10 @@ func BenchmarkReadQueued(b *testing.B) {
 						b.StartTimer()
 						switch mode {
 						case "recvmmsg":
-							for got < k && r.recvmmsg(fd) {
+							for got < k {
+								if full, err := r.recvmmsg(int(fd)); err != nil || !full {
+									break
+								}
 							}
 						case "net":
 							// What serve did before batching: net's read per

@@ -31,22 +31,23 @@
 //
 // # Concurrency
 //
-// One goroutine (serve) owns the session table: it reads the listener
-// socket, looks sessions up and creates them, sweeps idle ones, and answers
-// Sessions() requests. No lock is taken on the datagram path. On Linux it
-// reads up to 16 datagrams per system call (recvmmsg), into buffers set up
-// once, and a batch that comes back short means the queue is empty, so it
-// waits without the extra read that would return EAGAIN. Each session
-// has one goroutine (replyLoop) that waits for replies on the session socket
-// without holding a buffer (a RawConn read callback takes a buffer from a
-// pool only when a reply is ready), so an idle session costs a goroutine, a
-// socket and about 300 bytes. A session ended by its reply goroutine is
-// marked so and handed back to the owner over a channel that is never closed;
-// the counters of a session are folded into the host and the listener by
-// whichever of the two lets go of it last.
+// One goroutine (serve) owns the session table and every socket: it reads
+// the listener socket, looks sessions up and creates them, reads the hosts'
+// replies and writes them back, sweeps idle ones, and answers Sessions()
+// requests. No lock is taken on the datagram path, and no goroutine is
+// started per session. On Linux the listener socket and every session
+// socket sit in one edge-triggered epoll set per listener; the epoll fd is
+// handed to Go's netpoller, so the owner parks like any goroutine waiting
+// for a socket, and one wake-up serves every socket ready at that moment.
+// The listener is read up to 16 datagrams per system call (recvmmsg), into
+// buffers set up once, and a batch that comes back short means the queue is
+// empty, so it waits without the extra read that would return EAGAIN. A
+// session's replies are read 16 at a time before the owner turns to the
+// others, so one chatty host cannot starve the rest. An idle session costs
+// its socket and about 200 bytes; a listener costs two fds (its socket and
+// the epoll set) and about 1 MiB of mapped receive buffers.
 //
-// Run owns every goroutine it starts and returns only after each has ended
-// and every socket is closed.
+// Run returns only after the owner has stopped and every socket is closed.
 //
 // Not here: active health checks (package health's type "udp" probes UDP
 // hosts), PROXY protocol, allow/deny lists.

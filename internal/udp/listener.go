@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,7 +35,8 @@ type Settings struct {
 	HashSourcePort bool
 	// OnHostError, when set, is told of every ICMP port unreachable seen
 	// on a session's socket, after the host has recorded it: the passive
-	// health hook. It is called from session goroutines and must not block.
+	// health hook. It is called from the listener's owner goroutine, which
+	// relays every datagram of the listener: it must not block.
 	OnHostError func(p *pool.Pool, h *pool.Host, reason string)
 	// Access, when set, receives a "session closed" line at info for every
 	// session. nil = that line goes to the main log at debug.
@@ -85,11 +85,12 @@ type Listener struct {
 	pktinfo bool      // bound to a wildcard address: learn each client's destination
 	base    time.Time // session activity is kept as nanoseconds since base
 
+	fd int // of conn; used by the owner, valid until Run closes conn
+
 	running atomic.Bool
 	stopped chan struct{}           // closed when Run returns
 	reqs    chan chan []SessionInfo // Sessions() requests, answered by the owner
-	ended   chan *session           // sessions ended by their reply goroutine; never closed
-	wg      sync.WaitGroup          // one per reply goroutine
+	poll    atomic.Pointer[poller]  // set by Run; its file's deadline wakes the owner
 
 	active                                               atomic.Int64
 	created, expired, completed, failed                  atomic.Uint64
@@ -128,10 +129,13 @@ func ListenFrom(name string, c *net.UDPConn, s *Settings, log zerolog.Logger) (*
 		base:    time.Now(),
 		stopped: make(chan struct{}),
 		reqs:    make(chan chan []SessionInfo, 8),
-		ended:   make(chan *session, 1024),
+	}
+	var err error
+	if l.fd, err = rawFD(c); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("udp listener %s: %w", name, err)
 	}
 	if laddr.IP == nil || laddr.IP.IsUnspecified() {
-		var err error
 		if l.pktinfo, err = enablePktinfo(c); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("listen udp %s: %w", laddr, err)
@@ -205,18 +209,24 @@ func (l *Listener) Sessions() []SessionInfo {
 }
 
 // Run serves until ctx is done, then closes the listener socket and every
-// session socket, and returns once every goroutine it started has ended.
-// UDP has no connection to drain: sessions end at once.
+// session socket, and returns. UDP has no connection to drain: sessions end
+// at once.
 func (l *Listener) Run(ctx context.Context) error {
 	if !l.running.CompareAndSwap(false, true) {
 		return errors.New("udp: listener already running")
 	}
 	defer close(l.stopped)
-	stop := context.AfterFunc(ctx, func() { l.conn.Close() })
+	defer l.conn.Close()
+	p, err := newPoller()
+	if err != nil {
+		return fmt.Errorf("udp listener %s: %w", l.name, err)
+	}
+	// Closing the epoll file ends the owner's wait (a Close waits for a
+	// RawConn callback in progress to return).
+	stop := context.AfterFunc(ctx, func() { p.file.Close() })
 	defer stop()
-	err := l.serve()
-	l.conn.Close()
-	l.wg.Wait()
+	defer p.file.Close()
+	err = l.serve(p)
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -236,56 +246,147 @@ func idleTimeout(s *Settings) time.Duration {
 	return s.IdleTimeout
 }
 
+const (
+	// listenBatches bounds the recvmmsg batches of one loop round, and
+	// replyBudget the replies read from one session: past them the round
+	// moves on and the rest is read in the next one, so no socket starves
+	// the others.
+	listenBatches = 4
+	replyBudget   = batchSize
+	// maxRounds bounds the rounds of one wake-up: then the owner goes back
+	// through RawConn.Read, which sees the read deadline (the sweep, and
+	// Sessions() requests) even on a socket that is never idle.
+	maxRounds = 8
+)
+
 // owner is the state of the serve goroutine. Nothing else touches it.
 type owner struct {
-	table map[netip.AddrPort]*session
-	// Sessions() requests wake the owner from its read by moving the read
-	// deadline to now; next is the deadline of the next sweep.
+	table   map[netip.AddrPort]*session
+	slots   []*session // by epoll slot; nil = free
+	free    []int32
+	pending []*session // sessions whose read budget ran out
+	more    bool       // the listener socket may have datagrams queued
+	now     int64      // Listener.mono, taken once per round
+	poll    *poller
+	rd      *reader
+	out     sender
+	// The read deadline of the epoll file is the time of the next sweep;
+	// Sessions() requests move it to the past.
 	next time.Time
 }
 
-// serve is the body of the goroutine that owns the session table. It
-// returns when the listener socket is closed, after ending every session.
+// serve is the body of the goroutine that owns the session table and every
+// socket. It returns when the epoll file is closed, after ending every
+// session.
 //
-// The read deadline doubles as the sweep ticker: it is set to the time of the
-// next sweep, so a busy socket and an idle one are swept alike, and the
-// owner never needs a second goroutine or a lock to reach its table.
-func (l *Listener) serve() error {
-	o := &owner{table: make(map[netip.AddrPort]*session)}
-	rd, err := newReader(l.conn, l.pktinfo, func(b []byte, from netip.AddrPort, dst []byte) {
+// The read deadline of the epoll file doubles as the sweep ticker: it is set
+// to the time of the next sweep, so a busy listener and an idle one are swept
+// alike, and the owner never needs a second goroutine or a lock to reach its
+// table.
+func (l *Listener) serve(p *poller) error {
+	o := &owner{table: make(map[netip.AddrPort]*session), poll: p, out: sender{fd: l.fd}}
+	rd, err := newReader(l.pktinfo, func(b []byte, from *sockName, dst []byte) {
 		l.handle(o, b, from, dst)
 	})
 	if err != nil {
 		return fmt.Errorf("udp listener %s: %w", l.name, err)
 	}
+	o.rd = rd
 	defer rd.close()
+	if err := p.add(l.fd, listenerSlot); err != nil {
+		return fmt.Errorf("udp listener %s: %w", l.name, err)
+	}
 	defer func() {
 		for _, s := range o.table {
-			l.remove(o, s, endShutdown)
+			l.remove(o, s, endShutdown, "")
 		}
 	}()
+	// Datagrams queued before the socket joined the epoll set raised no
+	// event in it.
+	o.more = true
 	o.next = time.Now().Add(sweepEvery(idleTimeout(l.set.Load())))
-	if err := l.conn.SetReadDeadline(o.next); err != nil {
+	if err := p.file.SetReadDeadline(o.next); err != nil {
 		return nil // closed already
 	}
+	l.poll.Store(p)
+	l.answer(o, time.Now()) // requests queued before the store had no one to wake
+	pollFn := func(uintptr) bool { return l.round(o) }
 	for {
-		err := rd.read() // hands each datagram to handle
+		err := p.rc.Read(pollFn)
 		switch {
 		case err == nil:
+			// Work left after maxRounds: Read again, which checks the
+			// deadline first.
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			l.housekeep(o)
-		case errors.Is(err, net.ErrClosed):
-			return nil
 		default:
-			// An unconnected socket reports no ICMP errors (no IP_RECVERR);
-			// what is left is rare and local (ENOBUFS, ENOMEM): keep going.
-			l.warn(err.Error(), "read failed")
+			return nil // the epoll file was closed
 		}
 	}
 }
 
-// housekeep runs when the read deadline fires: sweep when due, take back
-// sessions ended by their goroutine, answer Sessions() requests.
+// round is the RawConn read callback: it handles what is ready, and returns
+// false to wait for the next event, true to leave Read with work left.
+func (l *Listener) round(o *owner) bool {
+	for range maxRounds {
+		evs := o.poll.wait()
+		o.now = l.mono(time.Now())
+		for i := range evs {
+			slot := slotOf(&evs[i])
+			if slot == listenerSlot {
+				o.more = true
+				continue
+			}
+			if s := o.slots[slot]; s != nil {
+				l.replies(o, s)
+			}
+			// A nil slot: the session ended earlier in this batch.
+			// A reused one gets a read that finds nothing, harmless.
+		}
+		if o.more {
+			l.readListener(o)
+		}
+		if len(o.pending) > 0 {
+			ps := o.pending
+			o.pending = nil
+			for _, s := range ps {
+				s.pending = false
+				if !s.removed {
+					l.replies(o, s)
+				}
+			}
+		}
+		// Fewer events than asked for means epoll had no more ready; any
+		// later one makes the epoll fd readable again, a new edge for
+		// Go's netpoller.
+		if len(evs) < maxEvents && !o.more && len(o.pending) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// readListener takes up to listenBatches batches off the listener socket;
+// o.more says whether it may hold more.
+func (l *Listener) readListener(o *owner) {
+	for range listenBatches {
+		full, err := o.rd.recvmmsg(l.fd)
+		if err != nil {
+			// An unconnected socket reports no ICMP errors (no
+			// IP_RECVERR); what is left is rare and local (ENOBUFS,
+			// ENOMEM): keep going.
+			l.warn(err.Error(), "read failed")
+		}
+		if !full {
+			o.more = err != nil
+			return
+		}
+	}
+	o.more = true
+}
+
+// housekeep runs when the read deadline fires: sweep when due, answer
+// Sessions() requests.
 func (l *Listener) housekeep(o *owner) {
 	now := time.Now()
 	set := l.set.Load()
@@ -296,10 +397,14 @@ func (l *Listener) housekeep(o *owner) {
 	// The deadline is set before the requests are drained: a Sessions()
 	// call queues its request first and moves the deadline after, so
 	// either it is drained here or its deadline lands after this one.
-	if err := l.conn.SetReadDeadline(o.next); err != nil {
-		return // closed: the next read says so
+	if err := o.poll.file.SetReadDeadline(o.next); err != nil {
+		return // closed: the next Read says so
 	}
-	l.reap(o)
+	l.answer(o, now)
+}
+
+// answer replies to the Sessions() requests queued.
+func (l *Listener) answer(o *owner, now time.Time) {
 	for {
 		select {
 		case reply := <-l.reqs:
@@ -310,16 +415,17 @@ func (l *Listener) housekeep(o *owner) {
 	}
 }
 
-// wake interrupts the owner's read so it answers a Sessions() request.
-func (l *Listener) wake() { _ = l.conn.SetReadDeadline(time.Unix(1, 0)) }
+// wake interrupts the owner's wait so it answers a Sessions() request.
+func (l *Listener) wake() {
+	if p := l.poll.Load(); p != nil {
+		_ = p.file.SetReadDeadline(time.Unix(1, 0))
+	}
+}
 
 func (l *Listener) list(o *owner, now time.Time) []SessionInfo {
 	out := make([]SessionInfo, 0, len(o.table))
 	up := l.set.Load().Upstream.Name
 	for _, s := range o.table {
-		if s.ended() {
-			continue
-		}
 		out = append(out, SessionInfo{
 			Listener:      l.name,
 			Client:        netip.AddrPortFrom(s.client.Addr().Unmap(), s.client.Port()).String(),
@@ -328,38 +434,22 @@ func (l *Listener) list(o *owner, now time.Time) []SessionInfo {
 			Host:          s.host.ID,
 			Since:         s.created,
 			Age:           now.Sub(s.created).Seconds(),
-			Idle:          (time.Duration(l.mono(now) - s.last.Load())).Seconds(),
-			DatagramsUp:   s.dgramsUp.Load(),
-			DatagramsDown: s.dgramsDown.Load(),
-			BytesUp:       s.bytesUp.Load(),
-			BytesDown:     s.bytesDown.Load(),
+			Idle:          (time.Duration(l.mono(now) - s.last)).Seconds(),
+			DatagramsUp:   s.dgramsUp,
+			DatagramsDown: s.dgramsDown,
+			BytesUp:       s.bytesUp,
+			BytesDown:     s.bytesDown,
 		})
 	}
 	return out
 }
 
-// sweep ends sessions idle for idle or more, and takes out those already
-// ended.
+// sweep ends sessions idle for idle or more.
 func (l *Listener) sweep(o *owner, now time.Time, idle time.Duration) {
 	cutoff := l.mono(now) - int64(idle)
 	for _, s := range o.table {
-		switch {
-		case s.ended():
-			l.remove(o, s, endNone)
-		case s.last.Load() <= cutoff:
-			l.remove(o, s, endIdle)
-		}
-	}
-}
-
-// reap takes back sessions whose reply goroutine ended them.
-func (l *Listener) reap(o *owner) {
-	for {
-		select {
-		case s := <-l.ended:
-			l.remove(o, s, endNone)
-		default:
-			return
+		if s.last <= cutoff {
+			l.remove(o, s, endIdle, "")
 		}
 	}
 }
@@ -368,28 +458,19 @@ func (l *Listener) reap(o *owner) {
 func (l *Listener) mono(t time.Time) int64 { return int64(t.Sub(l.base)) }
 
 // handle relays one datagram from a client, opening its session if needed.
-func (l *Listener) handle(o *owner, b []byte, from netip.AddrPort, dst []byte) {
-	if len(l.ended) > 0 {
-		// Sessions that ended on their own (responses reached) are
-		// taken out while traffic flows, not only at the next sweep, so
-		// their hosts' active counts drop promptly.
-		l.reap(o)
-	}
+func (l *Listener) handle(o *owner, b []byte, name *sockName, dst []byte) {
+	from := sockaddrPort(name)
 	s := o.table[from]
-	if s != nil && (s.ended() || hostDown(s.host)) {
-		end := endNone
-		if !s.ended() {
-			end = endHostDown
-		}
-		l.remove(o, s, end)
+	if s != nil && hostDown(s.host) {
+		l.remove(o, s, endHostDown, "")
 		s = nil
 	}
 	if s == nil {
-		if s = l.open(o, from, dst, nil); s == nil {
+		if s = l.open(o, from, name, dst, nil); s == nil {
 			return
 		}
 	}
-	err := s.send(b)
+	err := l.send(o, s, b)
 	if err == nil {
 		return
 	}
@@ -397,11 +478,14 @@ func (l *Listener) handle(o *owner, b []byte, from netip.AddrPort, dst []byte) {
 	// if the send got it, the datagram did not leave. Give the client one
 	// more host, skipping this one, without its noticing.
 	failed := s.host
-	s.finishReason(endOf(err), errReason(err))
-	l.remove(o, s, endError)
+	end := endError
+	if isHostError(err) {
+		end = endRefused
+	}
+	l.remove(o, s, end, errReason(err))
 	if isHostError(err) {
 		l.hostError(s, errReason(err))
-		if s = l.open(o, from, dst, failed); s != nil && s.send(b) == nil {
+		if s = l.open(o, from, name, dst, failed); s != nil && l.send(o, s, b) == nil {
 			return
 		}
 	}
@@ -419,27 +503,12 @@ func hostDown(h *pool.Host) bool {
 
 // open picks a host for a new client and opens its session, or counts the
 // datagram as dropped and returns nil.
-func (l *Listener) open(o *owner, from netip.AddrPort, dst []byte, skipHost *pool.Host) *session {
+func (l *Listener) open(o *owner, from netip.AddrPort, name *sockName, dst []byte, skipHost *pool.Host) *session {
 	set := l.set.Load()
 	if set.MaxSessions > 0 && len(o.table) >= set.MaxSessions {
-		l.reap(o) // sessions that ended on their own may still hold slots
-		if len(o.table) >= set.MaxSessions && int(l.active.Load()) < len(o.table) {
-			// A session counts its end (its last response) before it
-			// sends that response and only then hands itself back, so
-			// a client that got the response may come back before the
-			// session is in l.ended. The gauge says some entry has
-			// ended: find it rather than drop the datagram.
-			for _, e := range o.table {
-				if e.ended() {
-					l.remove(o, e, endNone)
-				}
-			}
-		}
-		if len(o.table) >= set.MaxSessions {
-			l.droppedFull.Add(1)
-			l.warn(fmt.Sprintf("session table full (max_sessions = %d)", set.MaxSessions), "datagram dropped")
-			return nil
-		}
+		l.droppedFull.Add(1)
+		l.warn(fmt.Sprintf("session table full (max_sessions = %d)", set.MaxSessions), "datagram dropped")
+		return nil
 	}
 	var skip func(*pool.Host) bool
 	if skipHost != nil {
@@ -451,33 +520,53 @@ func (l *Listener) open(o *owner, from netip.AddrPort, dst []byte, skipHost *poo
 		l.warn("no usable host in any pool", "datagram dropped")
 		return nil
 	}
-	s, err := l.dial(set, p, h, from, dst)
+	s, err := l.dial(set, p, h, from, name, dst)
 	if err != nil {
 		l.droppedError.Add(1)
 		l.warn(err.Error(), "cannot open session")
 		return nil
 	}
+	if n := len(o.free); n > 0 {
+		s.slot = o.free[n-1]
+		o.free = o.free[:n-1]
+	} else {
+		s.slot = int32(len(o.slots))
+		o.slots = append(o.slots, nil)
+	}
+	if err := o.poll.add(s.fd, s.slot); err != nil {
+		// ENOMEM, ENOSPC (fs.epoll.max_user_watches).
+		rawClose(s.fd)
+		o.free = append(o.free, s.slot)
+		l.droppedError.Add(1)
+		l.warn(err.Error(), "cannot open session")
+		return nil
+	}
+	o.slots[s.slot] = s
+	s.last = o.now
 	o.table[from] = s
 	l.created.Add(1)
 	l.active.Add(1)
 	h.ConnOpened()
-	l.wg.Add(1)
-	go s.replyLoop()
 	return s
 }
 
-// remove ends s (with end, unless it ended already), closes its socket and
-// takes it out of the table. It is safe to call twice for one session.
-func (l *Listener) remove(o *owner, s *session, end endReason) {
+// remove ends s with end, closes its socket (which takes it out of the
+// epoll set), takes it out of the table and accounts for it. It is safe to
+// call twice for one session.
+func (l *Listener) remove(o *owner, s *session, end endReason, reason string) {
 	if s.removed {
 		return
 	}
 	s.removed = true
+	s.end, s.reason = end, reason
 	if o.table[s.client] == s {
 		delete(o.table, s.client)
 	}
-	s.finish(end)
-	s.release()
+	rawClose(s.fd)
+	o.slots[s.slot] = nil
+	o.free = append(o.free, s.slot)
+	l.countEnd(end)
+	l.account(s)
 }
 
 // hostError records an ICMP port unreachable against s's host.

@@ -3,10 +3,7 @@ package udp
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,33 +44,31 @@ var endNames = [...]string{
 
 func (e endReason) String() string { return endNames[e] }
 
-// session relays between one client address and one host.
+// session relays between one client address and one host. It belongs to
+// the owner goroutine: nothing else reads or writes it.
 type session struct {
-	l       *Listener
 	set     *Settings // as when the session was opened
 	client  netip.AddrPort
-	oob     []byte // IP(V6)_PKTINFO for replies; nil lets the kernel pick the source
-	conn    *net.UDPConn
+	name    sockName // client, as the kernel wrote it: where replies go
+	oob     []byte   // IP(V6)_PKTINFO for replies; nil lets the kernel pick the source
+	fd      int      // connected to host; in the owner's epoll set
+	slot    int32
 	pool    *pool.Pool
 	host    *pool.Host
 	created time.Time
-	removed bool // taken out of the table; owner only
 
-	last                                     atomic.Int64 // Listener.mono of the last datagram either way
-	dgramsUp, dgramsDown, bytesUp, bytesDown atomic.Uint64
-	end                                      atomic.Uint32 // an endReason; set once
-	reason                                   string        // detail of endRefused / endError; written by the winner of end
-	// refs is 2 at the start: the owner's (dropped when the session leaves
-	// the table) and the reply goroutine's (dropped when it returns). The
-	// last one out folds the counters into the host and the listener, so
-	// none is lost to a reply in flight.
-	refs atomic.Int32
+	last    int64 // Listener.mono of the last datagram either way
+	replies int
+	pending bool // in owner.pending: its read budget ran out, replies may be queued
+	removed bool // out of the table, socket closed
+
+	dgramsUp, dgramsDown, bytesUp, bytesDown uint64
+	end                                      endReason
+	reason                                   string // detail of endRefused / endError
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
-
 // dial opens a connected socket to h for a new session of client from.
-func (l *Listener) dial(set *Settings, p *pool.Pool, h *pool.Host, from netip.AddrPort, dst []byte) (*session, error) {
+func (l *Listener) dial(set *Settings, p *pool.Pool, h *pool.Host, from netip.AddrPort, name *sockName, dst []byte) (*session, error) {
 	if h.Network == "unix" {
 		return nil, fmt.Errorf("host %s: a unix socket cannot take UDP", h.ID)
 	}
@@ -82,148 +77,80 @@ func (l *Listener) dial(set *Settings, p *pool.Pool, h *pool.Host, from netip.Ad
 		// Names are resolved at load; anything else here would block the owner on DNS.
 		return nil, fmt.Errorf("host %s: address %q is not ip:port", h.ID, h.Address)
 	}
-	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(ap))
+	fd, err := dialSocket(ap)
 	if err != nil {
 		return nil, fmt.Errorf("dial udp %s: %w", h.Address, err)
 	}
-	now := time.Now()
-	s := &session{l: l, set: set, client: from, conn: c, pool: p, host: h, created: now}
+	s := &session{set: set, client: from, name: *name, fd: fd, pool: p, host: h, created: time.Now()}
 	if dst != nil {
 		s.oob = replyOOB(dst)
 	}
-	s.last.Store(l.mono(now))
-	s.refs.Store(2)
 	return s, nil
 }
 
-// send relays a client's datagram to the host. Owner only.
-func (s *session) send(b []byte) error {
-	if _, err := s.conn.Write(b); err != nil {
+// send relays a client's datagram to the host.
+func (l *Listener) send(o *owner, s *session, b []byte) error {
+	if err := rawWrite(s.fd, b); err != nil {
 		return err
 	}
-	s.last.Store(s.l.mono(time.Now()))
+	s.last = o.now
 	n := uint64(len(b))
-	s.dgramsUp.Add(1)
-	s.bytesUp.Add(n)
-	s.l.dgramsUp.Add(1)
-	s.l.bytesUp.Add(n)
+	s.dgramsUp++
+	s.bytesUp += n
+	l.dgramsUp.Add(1)
+	l.bytesUp.Add(n)
 	return nil
 }
 
-// replyLoop is the body of a session's goroutine: it relays the host's
-// replies to the client until the session ends.
-//
-// It waits through a RawConn read callback rather than conn.Read so that no
-// buffer is held while the session is idle: one comes from bufPool only when
-// the socket is readable, and every ready reply is relayed before waiting
-// again.
-func (s *session) replyLoop() {
-	defer s.l.wg.Done()
-	defer s.release()
-	rc, err := s.conn.SyscallConn()
-	if err != nil {
-		s.stop(endError, err.Error())
-		return
-	}
-	var end endReason
-	var reason string
-	replies := 0
-	_ = rc.Read(func(fd uintptr) bool {
-		bp := bufPool.Get().(*[]byte)
-		defer bufPool.Put(bp)
-		for {
-			n, err := syscall.Read(int(fd), *bp)
-			switch {
-			case err == syscall.EINTR:
-				continue
-			case err == syscall.EAGAIN:
-				return false // wait for readability
-			case err != nil:
-				end, reason = endOf(err), errReason(err)
-				return true
+// replies relays the host's replies to the client until the session's
+// socket is drained, the session ends, or replyBudget replies have gone (a
+// host that floats one session must not starve the others: the session is
+// then queued in o.pending and read again in the loop's next round).
+func (l *Listener) replies(o *owner, s *session) {
+	buf := o.rd.replyBuf()
+	for range replyBudget {
+		n, err := rawRead(s.fd, buf)
+		switch {
+		case err == syscall.EAGAIN:
+			return
+		case err != nil:
+			end, reason := endOf(err), errReason(err)
+			if end == endRefused {
+				l.hostError(s, reason)
 			}
-			replies++
-			if s.set.Responses > 0 && replies >= s.set.Responses {
-				// Mark the end before the client sees the last reply:
-				// its next datagram must open a new session, not go to
-				// a socket about to close. The socket cannot be closed
-				// here: Close waits for this callback to return.
-				if s.end.CompareAndSwap(uint32(endNone), uint32(endResponses)) {
-					s.l.countEnd(endResponses)
-				}
-				s.reply((*bp)[:n])
-				end = endResponses
-				return true
-			}
-			s.reply((*bp)[:n])
+			l.remove(o, s, end, reason)
+			return
 		}
-	})
-	// A read error from rc.Read itself means the owner closed the socket:
-	// the session has ended already.
-	if end != endNone {
-		if end == endRefused {
-			s.l.hostError(s, reason)
+		s.replies++
+		l.reply(o, s, buf[:n])
+		if s.set.Responses > 0 && s.replies >= s.set.Responses {
+			// Ends before the owner reads the listener again: the
+			// client's next datagram opens a new session.
+			l.remove(o, s, endResponses, "")
+			return
 		}
-		s.stop(end, reason)
 	}
-}
-
-// stop ends the session from its reply goroutine and hands it back to the
-// owner. The channel is never closed and the send never blocks: if it is
-// full, the owner's next sweep finds the session ended anyway.
-func (s *session) stop(end endReason, reason string) {
-	if end == endResponses {
-		s.conn.Close() // the end was marked in the read callback
-	}
-	s.finishReason(end, reason)
-	select {
-	case s.l.ended <- s:
-	default:
+	if !s.pending {
+		s.pending = true
+		o.pending = append(o.pending, s)
 	}
 }
 
 // reply relays one of the host's datagrams to the client, from the
 // listener's socket.
-func (s *session) reply(b []byte) {
-	var err error
-	if s.oob != nil {
-		_, _, err = s.l.conn.WriteMsgUDPAddrPort(b, s.oob, s.client)
-	} else {
-		_, err = s.l.conn.WriteToUDPAddrPort(b, s.client)
-	}
-	if err != nil {
-		s.l.droppedError.Add(1)
-		if !errors.Is(err, net.ErrClosed) {
-			s.l.warn(errReason(err), "reply to client failed")
-		}
+func (l *Listener) reply(o *owner, s *session, b []byte) {
+	if err := o.out.send(b, &s.name, s.oob); err != nil {
+		l.droppedError.Add(1)
+		l.warn(errReason(err), "reply to client failed")
 		return
 	}
-	s.last.Store(s.l.mono(time.Now()))
+	s.last = o.now
 	n := uint64(len(b))
-	s.dgramsDown.Add(1)
-	s.bytesDown.Add(n)
-	s.l.dgramsDown.Add(1)
-	s.l.bytesDown.Add(n)
+	s.dgramsDown++
+	s.bytesDown += n
+	l.dgramsDown.Add(1)
+	l.bytesDown.Add(n)
 }
-
-// finish ends the session with end unless it has ended already, and closes
-// its socket (which also ends the reply goroutine's wait).
-func (s *session) finish(end endReason) { s.finishReason(end, "") }
-
-func (s *session) finishReason(end endReason, reason string) {
-	if end == endNone {
-		end = endError
-	}
-	if !s.end.CompareAndSwap(uint32(endNone), uint32(end)) {
-		return
-	}
-	s.reason = reason
-	s.conn.Close()
-	s.l.countEnd(end)
-}
-
-// ended reports whether the session has ended: it takes no more datagrams.
-func (s *session) ended() bool { return s.end.Load() != uint32(endNone) }
 
 // countEnd counts a session's end, once, as it happens: the active gauge
 // is of sessions that take datagrams, even if the owner has not taken an
@@ -240,15 +167,10 @@ func (l *Listener) countEnd(end endReason) {
 	}
 }
 
-// release drops one reference; the last one accounts for the session.
-func (s *session) release() {
-	if s.refs.Add(-1) != 0 {
-		return
-	}
-	l := s.l
-	up, down := s.bytesUp.Load(), s.bytesDown.Load()
-	s.host.ConnClosed(up, down)
-	end := endReason(s.end.Load())
+// account folds a removed session's counters into its host and logs its
+// "session closed" line.
+func (l *Listener) account(s *session) {
+	s.host.ConnClosed(s.bytesUp, s.bytesDown)
 	var ev *zerolog.Event
 	if acc := s.set.Access; acc != nil {
 		ev = acc.Info().Str(logkey.Listener, l.name)
@@ -258,9 +180,9 @@ func (s *session) release() {
 	if ev.Enabled() {
 		ev = ev.Str(logkey.Client, s.client.String()).Str(logkey.Upstream, s.set.Upstream.Name).
 			Str(logkey.Pool, s.pool.Name).Str(logkey.Host, s.host.ID).
-			Uint64(keyDatagramsUp, s.dgramsUp.Load()).Uint64(keyDatagramsDown, s.dgramsDown.Load()).
-			Uint64(logkey.BytesUp, up).Uint64(logkey.BytesDown, down).
-			Float64(logkey.Duration, time.Since(s.created).Seconds()).Str(logkey.End, end.String())
+			Uint64(keyDatagramsUp, s.dgramsUp).Uint64(keyDatagramsDown, s.dgramsDown).
+			Uint64(logkey.BytesUp, s.bytesUp).Uint64(logkey.BytesDown, s.bytesDown).
+			Float64(logkey.Duration, time.Since(s.created).Seconds()).Str(logkey.End, s.end.String())
 		if s.reason != "" {
 			ev = ev.Str(logkey.Reason, s.reason)
 		}
@@ -289,6 +211,9 @@ func isHostError(err error) bool {
 // on a connected UDP socket refusals and unreachables are ICMP answers.
 func errReason(err error) string {
 	switch {
+	case errors.Is(err, syscall.EAGAIN):
+		// Non-blocking sockets: the datagram did not fit the send buffer.
+		return "socket send buffer full"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return reasonRefused
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):

@@ -1,0 +1,54 @@
+//go:build !linux
+
+package udp
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+)
+
+// The UDP engine's event loop is epoll (loop_linux.go). Elsewhere these
+// stand-ins let the package build, and a listener refuses to run.
+
+var errNotLinux = errors.New("UDP listeners need Linux (epoll, recvmmsg)")
+
+type event struct{}
+
+type poller struct {
+	file *os.File
+	rc   syscall.RawConn
+}
+
+func newPoller() (*poller, error)            { return nil, errNotLinux }
+func (p *poller) add(int, int32) error       { return errNotLinux }
+func (p *poller) wait() []event              { return nil }
+func slotOf(*event) int32                    { return listenerSlot }
+func rawFD(*net.UDPConn) (int, error)        { return -1, errNotLinux }
+func dialSocket(netip.AddrPort) (int, error) { return -1, errNotLinux }
+func rawRead(int, []byte) (int, error)       { return 0, errNotLinux }
+func rawWrite(int, []byte) error             { return errNotLinux }
+func rawClose(int)                           {}
+
+const (
+	maxEvents    = 1
+	batchSize    = 1
+	listenerSlot = -1
+)
+
+type sender struct{ fd int }
+
+func (w *sender) send([]byte, *sockName, []byte) error { return errNotLinux }
+
+type sockName struct{}
+
+func sockaddrPort(*sockName) netip.AddrPort { return netip.AddrPort{} }
+
+type reader struct{}
+
+func newReader(bool, func([]byte, *sockName, []byte)) (*reader, error) { return nil, errNotLinux }
+func (r *reader) close()                                               {}
+func (r *reader) replyBuf() []byte                                     { return nil }
+func (r *reader) recvmmsg(int) (bool, error)                           { return false, errNotLinux }
