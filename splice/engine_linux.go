@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/l4lb/l4lb/internal/rawsys"
 	"golang.org/x/sys/unix"
 )
 
@@ -198,7 +199,7 @@ func (l *loop) run() {
 // on the deadline or close).
 func (l *loop) poll(uintptr) bool {
 	for {
-		n, err := rawEpollWait(l.epfd, l.events[:])
+		n, err := rawsys.EpollWait(l.epfd, l.events[:])
 		if err == unix.EINTR {
 			continue
 		}

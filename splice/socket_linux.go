@@ -8,6 +8,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/l4lb/l4lb/internal/rawsys"
 	"golang.org/x/sys/unix"
 )
 
@@ -161,7 +162,7 @@ func (s *Socket) Close() error {
 	if f != nil {
 		return f.Close()
 	}
-	return rawClose(s.fd) // see raw_linux.go
+	return rawsys.Close(s.fd) // see internal/rawsys
 }
 
 // CloseWrite shuts the write half: the peer reads EOF.
@@ -170,7 +171,7 @@ func (s *Socket) CloseWrite() error {
 	var err error
 	if s.closed {
 		err = net.ErrClosed
-	} else if e := rawShutdown(s.fd, unix.SHUT_WR); e != nil {
+	} else if e := rawsys.Shutdown(s.fd, unix.SHUT_WR); e != nil {
 		err = os.NewSyscallError("shutdown", e)
 	}
 	s.mu.Unlock()
@@ -301,5 +302,5 @@ func sockname(fd int, peer bool, r *RawSockaddr) error {
 	}
 	r.Len = unix.SizeofSockaddrAny
 	_, _, e := unix.RawSyscall(trap, uintptr(fd), uintptr(r.Ptr()), uintptr(unsafe.Pointer(&r.Len)))
-	return errnoErr(e)
+	return rawsys.Errno(e)
 }

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/l4lb/l4lb/internal/rawsys"
 	"golang.org/x/sys/unix"
 )
 
@@ -144,7 +145,7 @@ func (l *loop) readSmall(s *Session, f *flow) bool {
 	if f.buf == nil {
 		f.buf = smallPool.Get().(*[]byte)
 	}
-	n, err := rawRead(f.src.fd, *f.buf)
+	n, err := rawsys.Read(f.src.fd, *f.buf)
 	switch {
 	case err == unix.EINTR:
 		return true
@@ -185,7 +186,7 @@ func (l *loop) readSplice(s *Session, f *flow) bool {
 			return true
 		}
 	}
-	n, err := rawSplice(f.src.fd, f.p.w, chunk)
+	n, err := rawsys.Splice(f.src.fd, f.p.w, chunk)
 	switch {
 	case err == unix.EINTR:
 		return true
@@ -253,7 +254,7 @@ func (l *loop) readSplice(s *Session, f *flow) bool {
 // comes would wedge the direction.
 func (l *loop) flush(s *Session, f *flow) bool {
 	for f.pn > 0 {
-		m, err := rawSplice(f.p.r, f.dst.fd, f.pn)
+		m, err := rawsys.Splice(f.p.r, f.dst.fd, f.pn)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -272,7 +273,7 @@ func (l *loop) flush(s *Session, f *flow) bool {
 		f.n.Add(uint64(m))
 	}
 	for f.off < f.end {
-		m, err := rawWrite(f.dst.fd, (*f.buf)[f.off:f.end])
+		m, err := rawsys.Write(f.dst.fd, (*f.buf)[f.off:f.end])
 		switch {
 		case err == unix.EINTR:
 			continue

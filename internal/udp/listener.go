@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/logkey"
+	"github.com/l4lb/l4lb/internal/rawsys"
 	"github.com/l4lb/l4lb/pool"
 	"github.com/rs/zerolog"
 )
@@ -535,7 +536,7 @@ func (l *Listener) open(o *owner, from netip.AddrPort, name *sockName, dst []byt
 	}
 	if err := o.poll.add(s.fd, s.slot); err != nil {
 		// ENOMEM, ENOSPC (fs.epoll.max_user_watches).
-		rawClose(s.fd)
+		rawsys.Close(s.fd)
 		o.free = append(o.free, s.slot)
 		l.droppedError.Add(1)
 		l.warn(err.Error(), "cannot open session")
@@ -562,7 +563,7 @@ func (l *Listener) remove(o *owner, s *session, end endReason, reason string) {
 	if o.table[s.client] == s {
 		delete(o.table, s.client)
 	}
-	rawClose(s.fd)
+	rawsys.Close(s.fd)
 	o.slots[s.slot] = nil
 	o.free = append(o.free, s.slot)
 	l.countEnd(end)

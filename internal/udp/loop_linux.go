@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/l4lb/l4lb/internal/rawsys"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,12 +24,9 @@ import (
 // (the session reply goroutines this replaced cost a scheduler wake-up per
 // reply; see docs/PERFORMANCE.md, "UDP").
 //
-// The loop's own calls go through RawSyscall, without the runtime's
-// entersyscall/exitsyscall: they never block (the sockets are non-blocking,
-// the epoll_wait has a zero timeout), but a loopback send runs the
-// receiver's path in softirq and can look to sysmon like a blocked call,
-// which would hand the owner's P to another thread and back, per call. The
-// errors are unix.Errno values.
+// The loop's own calls go through RawSyscall (package rawsys says why):
+// they never block, the sockets being non-blocking and the epoll_wait's
+// timeout zero. The errors are unix.Errno values.
 
 // maxEvents is how many events one epoll_wait takes.
 const maxEvents = 128
@@ -79,14 +77,14 @@ func (p *poller) add(fd int, slot int32) error {
 // wait returns the events ready now, without waiting.
 func (p *poller) wait() []event {
 	for {
-		r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(p.epfd), uintptr(unsafe.Pointer(&p.events[0])), maxEvents, 0, 0, 0)
-		switch e {
-		case 0:
-			return p.events[:r]
+		n, err := rawsys.EpollWait(p.epfd, p.events[:])
+		switch err {
+		case nil:
+			return p.events[:n]
 		case unix.EINTR:
 			continue
 		}
-		panic("udp: epoll_wait: " + e.Error()) // EBADF, EFAULT: a bug
+		panic("udp: epoll_wait: " + err.Error()) // EBADF, EFAULT: a bug
 	}
 }
 
@@ -139,40 +137,6 @@ func dialSocket(ap netip.AddrPort) (int, error) {
 	return fd, nil
 }
 
-func rawRead(fd int, p []byte) (int, error) {
-	for {
-		r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-		if e == unix.EINTR {
-			continue
-		}
-		if e != 0 {
-			return 0, e
-		}
-		return int(r), nil
-	}
-}
-
-func rawWrite(fd int, p []byte) error {
-	for {
-		_, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-		if e == unix.EINTR {
-			continue
-		}
-		return errnoErr(e)
-	}
-}
-
-func rawClose(fd int) {
-	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
-}
-
-func errnoErr(e unix.Errno) error {
-	if e == 0 {
-		return nil
-	}
-	return e
-}
-
 // sender writes replies from the listener socket with sendmsg(2): to the
 // client's address as the kernel gave it at the first datagram (so no
 // conversion, and an IPv4 client of a dual-stack socket stays v4-mapped),
@@ -200,7 +164,7 @@ func (w *sender) send(b []byte, to *sockName, oob []byte) error {
 		if e == unix.EINTR {
 			continue
 		}
-		return errnoErr(e)
+		return rawsys.Errno(e)
 	}
 }
 

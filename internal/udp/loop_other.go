@@ -28,9 +28,6 @@ func (p *poller) wait() []event              { return nil }
 func slotOf(*event) int32                    { return listenerSlot }
 func rawFD(*net.UDPConn) (int, error)        { return -1, errNotLinux }
 func dialSocket(netip.AddrPort) (int, error) { return -1, errNotLinux }
-func rawRead(int, []byte) (int, error)       { return 0, errNotLinux }
-func rawWrite(int, []byte) error             { return errNotLinux }
-func rawClose(int)                           {}
 
 const (
 	maxEvents    = 1

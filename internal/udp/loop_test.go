@@ -16,15 +16,7 @@ import (
 // than a wait takes (how many at once is the scheduler's to decide).
 func TestManyReady(t *testing.T) {
 	const clients = 3*maxEvents + 7
-	bc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = bc.SetReadBuffer(4 << 20)
-	var served sync.WaitGroup
-	served.Add(1)
-	go func() {
-		defer served.Done()
+	bc := udpHost(t, func(bc *net.UDPConn) {
 		type req struct {
 			from netip.AddrPort
 			p    []byte
@@ -41,8 +33,7 @@ func TestManyReady(t *testing.T) {
 		for _, r := range got {
 			bc.WriteToUDPAddrPort(r.p, r.from)
 		}
-	}()
-	t.Cleanup(func() { bc.Close(); served.Wait() })
+	})
 
 	r := start(t, &Settings{Upstream: upstream(t, hosts(bc.LocalAddr().String())), IdleTimeout: time.Minute})
 	cs := make([]*net.UDPConn, clients)
@@ -78,14 +69,7 @@ func TestChattyHost(t *testing.T) {
 		}
 		return out
 	}
-	bc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var served sync.WaitGroup
-	served.Add(1)
-	go func() {
-		defer served.Done()
+	bc := udpHost(t, func(bc *net.UDPConn) {
 		buf := make([]byte, 256)
 		for {
 			n, from, err := bc.ReadFromUDPAddrPort(buf)
@@ -96,8 +80,7 @@ func TestChattyHost(t *testing.T) {
 				bc.WriteToUDPAddrPort(p, from)
 			}
 		}
-	}()
-	t.Cleanup(func() { bc.Close(); served.Wait() })
+	})
 
 	r := start(t, &Settings{Upstream: upstream(t, hosts(bc.LocalAddr().String())), IdleTimeout: time.Minute})
 	a, b := client(t, r.addr), client(t, r.addr)
@@ -129,4 +112,24 @@ func TestChattyHost(t *testing.T) {
 	if msg := <-done; msg != "" {
 		t.Fatalf("client a: %s; stats %+v", msg, r.l.Stats())
 	}
+}
+
+// udpHost is a host socket on 127.0.0.1 served by serve in a goroutine of
+// its own, for hosts whose replies newBackend's one-for-one cannot shape.
+// The socket is closed, and serve awaited, at cleanup.
+func udpHost(t *testing.T, serve func(c *net.UDPConn)) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadBuffer(4 << 20)
+	var done sync.WaitGroup
+	done.Add(1)
+	go func() {
+		defer done.Done()
+		serve(c)
+	}()
+	t.Cleanup(func() { c.Close(); done.Wait() })
+	return c
 }

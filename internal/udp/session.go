@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/logkey"
+	"github.com/l4lb/l4lb/internal/rawsys"
 	"github.com/l4lb/l4lb/internal/sockerr"
 	"github.com/l4lb/l4lb/pool"
 	"github.com/rs/zerolog"
@@ -90,7 +91,7 @@ func (l *Listener) dial(set *Settings, p *pool.Pool, h *pool.Host, from netip.Ad
 
 // send relays a client's datagram to the host.
 func (l *Listener) send(o *owner, s *session, b []byte) error {
-	if err := rawWrite(s.fd, b); err != nil {
+	if _, err := rawsys.Write(s.fd, b); err != nil {
 		return err
 	}
 	s.last = o.now
@@ -104,15 +105,17 @@ func (l *Listener) send(o *owner, s *session, b []byte) error {
 
 // replies relays the host's replies to the client until the session's
 // socket is drained, the session ends, or replyBudget replies have gone (a
-// host that floats one session must not starve the others: the session is
+// host that floods one session must not starve the others: the session is
 // then queued in o.pending and read again in the loop's next round).
 func (l *Listener) replies(o *owner, s *session) {
 	buf := o.rd.replyBuf()
 	for range replyBudget {
-		n, err := rawRead(s.fd, buf)
+		n, err := rawsys.Read(s.fd, buf)
 		switch {
 		case err == syscall.EAGAIN:
 			return
+		case err == syscall.EINTR:
+			continue
 		case err != nil:
 			end, reason := endOf(err), errReason(err)
 			if end == endRefused {
