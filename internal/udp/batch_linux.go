@@ -45,20 +45,20 @@ type reader struct {
 	// larger family holds either.
 	names [batchSize]sockName
 	oob   []byte // batchSize × oobSize, or nil without pktinfo
-	mem   []byte // batchSize × maxDatagram payload buffers, then one for replies; mapped
+	mem   []byte // batchSize × maxDatagram payload buffers; mapped
 }
 
 // newReader sets up a reader; with pktinfo it also takes each datagram's
 // control messages (IP_PKTINFO / IPV6_PKTINFO). deliver is called for every
 // datagram; its slices and name are valid until it returns.
 //
-// The payload buffers (1 MiB, and 64 KiB more that the owner reads
-// sessions' replies into) are an anonymous mapping, not Go memory: a page
+// The payload buffers (1 MiB, which the owner also reads sessions' replies
+// into: see recvConnected) are an anonymous mapping, not Go memory: a page
 // becomes resident only when a datagram is written to it, so a listener of
 // small datagrams holds one page per slot whatever the heap did before (Go
 // zeroes reused heap memory, which would make all of it resident).
 func newReader(pktinfo bool, deliver func(b []byte, from *sockName, oob []byte)) (*reader, error) {
-	mem, err := unix.Mmap(-1, 0, (batchSize+1)*maxDatagram, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	mem, err := unix.Mmap(-1, 0, batchSize*maxDatagram, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		return nil, os.NewSyscallError("mmap", err)
 	}
@@ -76,8 +76,41 @@ func newReader(pktinfo bool, deliver func(b []byte, from *sockName, oob []byte))
 // close unmaps the buffers; the reader is not used again.
 func (r *reader) close() { _ = unix.Munmap(r.mem) }
 
-// replyBuf is the buffer the owner reads a session's reply into.
-func (r *reader) replyBuf() []byte { return r.mem[batchSize*maxDatagram:] }
+// recvConnected takes up to k (≤ batchSize) datagrams off fd, a session's
+// connected socket, into the batch buffers, and returns how many; payload
+// gives each. The listener's last batch has been delivered by then (the
+// owner reads sessions between listener batches), so its buffers are free.
+//
+// As with the listener's batches, fewer than k means the queue was empty at
+// that moment: the owner waits for the socket's next edge instead of making
+// a read that finds EAGAIN (one syscall per reply saved). The error is the
+// call's when it took no datagram: EAGAIN for a stale event, or an ICMP
+// error, which UDP reports before any datagram queued ahead of it (those
+// stay for the next call, as with read(2)). An error that arrives during a
+// call that has taken some datagrams is kept by the kernel for the next
+// call, and its arrival, after the epoll_wait that led to this call, raised
+// a new event: the owner reads again and gets it.
+func (r *reader) recvConnected(fd, k int) (int, error) {
+	for i := range k {
+		r.hdrs[i].hdr = unix.Msghdr{Iov: &r.iovs[i]}
+		r.hdrs[i].hdr.SetIovlen(1)
+	}
+	for {
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(k), unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, errno
+	}
+}
+
+// payload is the i'th datagram of the last recvConnected.
+func (r *reader) payload(i int) []byte {
+	return r.mem[i*maxDatagram : i*maxDatagram+int(r.hdrs[i].n)]
+}
 
 // recvmmsg takes one batch off the socket fd and delivers it. It reports
 // whether the batch came back full (more may be queued); a short batch or

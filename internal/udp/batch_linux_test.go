@@ -191,3 +191,76 @@ func BenchmarkReadQueued(b *testing.B) {
 		}
 	}
 }
+
+// TestRecvConnected: the contract replies relies on. A short batch means the
+// queue was empty (the next call finds EAGAIN); a full one may leave more;
+// an ICMP error is reported before the replies queued ahead of it, which
+// stay for the next call, as read(2) would report it.
+func TestRecvConnected(t *testing.T) {
+	rd, err := newReader(false, func([]byte, *sockName, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.close()
+
+	host, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := dialSocket(host.LocalAddr().(*net.UDPAddr).AddrPort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	local, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa4 := local.(*unix.SockaddrInet4)
+	to := &net.UDPAddr{IP: net.IP(sa4.Addr[:]), Port: sa4.Port}
+	next := 0 // the number of the next reply sent
+	reply := func(n int) {
+		t.Helper()
+		for range n {
+			if _, err := host.WriteToUDP([]byte(fmt.Sprintf("reply %d", next)), to); err != nil {
+				t.Fatal(err)
+			}
+			next++
+		}
+	}
+	got := 0 // the number of the next reply expected
+	// Loopback queues a datagram, and an ICMP error, before the sending
+	// call returns: nothing needs waiting for.
+	want := func(k, wantN int, wantErr error) {
+		t.Helper()
+		n, err := rd.recvConnected(fd, k)
+		if n != wantN || err != wantErr {
+			t.Fatalf("recvConnected(k=%d) = %d, %v; want %d, %v", k, n, err, wantN, wantErr)
+		}
+		for i := range n {
+			if p, w := string(rd.payload(i)), fmt.Sprintf("reply %d", got); p != w {
+				t.Fatalf("payload(%d) = %q; want %q", i, p, w)
+			}
+			got++
+		}
+	}
+
+	want(batchSize, 0, unix.EAGAIN) // nothing queued
+	reply(3)
+	want(batchSize, 3, nil) // short: drained
+	want(batchSize, 0, unix.EAGAIN)
+	reply(5)
+	want(4, 4, nil) // full: more may be queued, and is
+	want(4, 1, nil)
+
+	// The host goes away behind a reply: the next datagram to it draws an
+	// ICMP port unreachable.
+	reply(1)
+	host.Close()
+	if _, err := unix.Write(fd, []byte("to nobody")); err != nil {
+		t.Fatal(err)
+	}
+	want(batchSize, 0, unix.ECONNREFUSED)
+	want(batchSize, 1, nil)
+	want(batchSize, 0, unix.EAGAIN)
+}

@@ -42,8 +42,9 @@
 // The listener is read up to 16 datagrams per system call (recvmmsg), into
 // buffers set up once, and a batch that comes back short means the queue is
 // empty, so it waits without the extra read that would return EAGAIN. A
-// session's replies are read 16 at a time before the owner turns to the
-// others, so one chatty host cannot starve the rest. An idle session costs
+// session's replies are read the same way, up to 16 in one recvmmsg into
+// the same buffers, before the owner turns to the others, so one chatty
+// host cannot starve the rest. An idle session costs
 // its socket and about 200 bytes; a listener costs two fds (its socket and
 // the epoll set) and about 1 MiB of mapped receive buffers.
 //

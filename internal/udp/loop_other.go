@@ -47,5 +47,6 @@ type reader struct{}
 
 func newReader(bool, func([]byte, *sockName, []byte)) (*reader, error) { return nil, errNotLinux }
 func (r *reader) close()                                               {}
-func (r *reader) replyBuf() []byte                                     { return nil }
+func (r *reader) recvConnected(int, int) (int, error)                  { return 0, errNotLinux }
+func (r *reader) payload(int) []byte                                   { return nil }
 func (r *reader) recvmmsg(int) (bool, error)                           { return false, errNotLinux }

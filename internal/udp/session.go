@@ -108,14 +108,24 @@ func (l *Listener) send(o *owner, s *session, b []byte) error {
 // host that floods one session must not starve the others: the session is
 // then queued in o.pending and read again in the loop's next round).
 func (l *Listener) replies(o *owner, s *session) {
-	buf := o.rd.replyBuf()
-	for range replyBudget {
-		n, err := rawsys.Read(s.fd, buf)
+	for left := replyBudget; left > 0; {
+		k := min(left, batchSize)
+		n, err := o.rd.recvConnected(s.fd, k)
+		for i := range n {
+			s.replies++
+			l.reply(o, s, o.rd.payload(i))
+			if s.set.Responses > 0 && s.replies >= s.set.Responses {
+				// Ends before the owner reads the listener again: the
+				// client's next datagram opens a new session. Replies
+				// read past the limit go with the socket, as they
+				// would have unread.
+				l.remove(o, s, endResponses, "")
+				return
+			}
+		}
 		switch {
 		case err == syscall.EAGAIN:
 			return
-		case err == syscall.EINTR:
-			continue
 		case err != nil:
 			end, reason := endOf(err), errReason(err)
 			if end == endRefused {
@@ -123,15 +133,10 @@ func (l *Listener) replies(o *owner, s *session) {
 			}
 			l.remove(o, s, end, reason)
 			return
+		case n < k:
+			return // drained (see recvConnected)
 		}
-		s.replies++
-		l.reply(o, s, buf[:n])
-		if s.set.Responses > 0 && s.replies >= s.set.Responses {
-			// Ends before the owner reads the listener again: the
-			// client's next datagram opens a new session.
-			l.remove(o, s, endResponses, "")
-			return
-		}
+		left -= n
 	}
 	if !s.pending {
 		s.pending = true
