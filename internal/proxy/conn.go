@@ -22,7 +22,7 @@ const defaultConnectTimeout = 5 * time.Second
 // maxTries bounds the tries, and with them the tried-hosts list (config allows 1..100).
 const maxTries = 100
 
-// serveConn is the body of one connection's goroutine: admit the client
+// serveConn sets up one connection, on a worker: admit the client
 // (PROXY header, access lists, per-client limit), pick and connect a host
 // (with tries), send a PROXY header if asked, then hand both sockets to a
 // splice session and return. The session copies both ways until the
@@ -85,14 +85,18 @@ func (c *conn) ended(res splice.Result) {
 	l.untrack(c.sess)
 	c.h.ConnClosed(res.AToB, res.BToA)
 
-	ev := l.endLine(s, cl, res.End == splice.EndError)
-	ev = ev.Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, c.p.Name).Str(logkey.Host, c.h.ID).
-		Uint64(logkey.BytesUp, res.AToB+uint64(len(cl.rest))).Uint64(logkey.BytesDown, res.BToA).
-		Float64(logkey.Duration, time.Since(c.start).Seconds()).Str(logkey.End, endName(res)).Bool(logkey.Spliced, res.Spliced)
-	if res.Err != nil {
-		ev = ev.Str(logkey.Reason, res.Err.Error())
+	// The fields' arguments are worked out even for a line the level
+	// drops (the client's address formatted, among others): only for one
+	// that is written.
+	if ev := l.endLine(s, cl, res.End == splice.EndError); ev.Enabled() {
+		ev = ev.Str(logkey.Upstream, s.Upstream.Name).Str(logkey.Pool, c.p.Name).Str(logkey.Host, c.h.ID).
+			Uint64(logkey.BytesUp, res.AToB+uint64(len(cl.rest))).Uint64(logkey.BytesDown, res.BToA).
+			Float64(logkey.Duration, time.Since(c.start).Seconds()).Str(logkey.End, endName(res)).Bool(logkey.Spliced, res.Spliced)
+		if res.Err != nil {
+			ev = ev.Str(logkey.Reason, res.Err.Error())
+		}
+		ev.Msg("connection closed")
 	}
-	ev.Msg("connection closed")
 
 	l.releaseClient(s, cl)
 	l.active.Add(-1)
@@ -113,6 +117,9 @@ func (l *Listener) endLine(s *Settings, cl *clientInfo, warn bool) *zerolog.Even
 		ev = s.Access.Warn().Str(logkey.Listener, l.name)
 	default:
 		ev = s.Access.Info().Str(logkey.Listener, l.name)
+	}
+	if !ev.Enabled() {
+		return ev
 	}
 	ev = ev.Str(logkey.Client, cl.String())
 	if cl.via.IsValid() {

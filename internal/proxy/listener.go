@@ -100,6 +100,18 @@ type Listener struct {
 	aborting bool           // drain timed out: sessions are aborted as they appear
 	wg       sync.WaitGroup // one per connection, until its end is logged
 
+	// Connections are set up (admit, connect, hand to the engine) by
+	// workers: goroutines that serve one connection after another. An idle
+	// worker waits on handoff; with none idle the accept loop starts one.
+	// A goroutine per connection would pay for a new goroutine and, as
+	// connect's call chain is deeper than a new goroutine's 2 KiB stack,
+	// for a stack copy: a third of l4lb's own instructions per connection
+	// (callgrind; docs/PERFORMANCE.md). A worker's stack is grown once.
+	handoff     chan net.Conn // closed when the accept loop has ended
+	idleWorkers atomic.Int32  // waiting on handoff, or about to
+	workers     sync.WaitGroup
+	started     atomic.Uint64 // workers started, for tests
+
 	// acceptKeepalive: connections accepted from ln come with TCP
 	// keepalive on (Go's default for a listener it did not make).
 	acceptKeepalive bool
@@ -125,6 +137,9 @@ func ListenFrom(name string, ln net.Listener, s *Settings, log zerolog.Logger) *
 		ln:    ln,
 		log:   log.With().Str(logkey.Listener, name).Logger(),
 		conns: make(map[*splice.Session]*pool.Host),
+		// Unbuffered: a send succeeds only into a waiting worker's
+		// hands, so no connection queues behind a busy one.
+		handoff: make(chan net.Conn),
 		// A listener made from a file (net.FileListener) turns Go's
 		// default keepalive (15s) on for every connection it accepts.
 		acceptKeepalive: true,
@@ -202,7 +217,9 @@ func (l *Listener) Run(ctx context.Context) error {
 	err := l.acceptLoop(ctx, dialCtx, raw)
 	l.ln.Close()
 	raw.close()
+	close(l.handoff) // workers exit once done with their connection
 	l.drain(l.set.Load().DrainTimeout, cancelDial)
+	l.workers.Wait()
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -262,7 +279,40 @@ func (l *Listener) acceptLoop(ctx, dialCtx context.Context, raw *rawAccepter) er
 		}
 		l.active.Add(1)
 		l.wg.Add(1)
-		go l.serveConn(dialCtx, c)
+		select {
+		case l.handoff <- c:
+		default:
+			l.workers.Add(1)
+			l.started.Add(1)
+			go l.worker(dialCtx, c)
+		}
+	}
+}
+
+// MaxIdleWorkers bounds the workers a listener keeps waiting for a
+// connection: a worker done with one when that many wait already exits.
+// Connection set-ups under way at once number about the cores on loopback,
+// or the connect rate times a remote host's round trip; a burst above that
+// leaves at most this many parked goroutines behind, a few KiB of stack
+// each (tests that count l4lb's goroutines allow for them).
+const MaxIdleWorkers = 16
+
+// worker serves c, then each connection handed to it, until enough others
+// are idle or the accept loop has ended.
+func (l *Listener) worker(dialCtx context.Context, c net.Conn) {
+	defer l.workers.Done()
+	for {
+		l.serveConn(dialCtx, c)
+		if l.idleWorkers.Add(1) > MaxIdleWorkers {
+			l.idleWorkers.Add(-1)
+			return
+		}
+		var ok bool
+		c, ok = <-l.handoff
+		l.idleWorkers.Add(-1)
+		if !ok {
+			return
+		}
 	}
 }
 

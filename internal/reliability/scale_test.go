@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/l4lbtest"
+	"github.com/l4lb/l4lb/internal/proxy"
 )
 
 // echoServerMain runs when the test binary is started as the scale test's
@@ -162,7 +163,7 @@ func TestScale(t *testing.T) {
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		g2, _ = goroutines(p.Pid(), metricsAddr)
 		fd2, _ = l4lbtest.FDs(p.Pid())
-		if g2 <= g0+10 && fd2 <= fd0+scaleFDSlack {
+		if g2 <= g0+10+proxy.MaxIdleWorkers && fd2 <= fd0+scaleFDSlack {
 			break
 		}
 	}
@@ -178,7 +179,7 @@ func TestScale(t *testing.T) {
 		}
 		t.Fatalf("%d connections failed, %d echoes altered; l4lb said: %v", errs.Load(), altered.Load(), seen)
 	}
-	if g2 > g0+10 {
+	if g2 > g0+10+proxy.MaxIdleWorkers {
 		t.Errorf("l4lb %s: %d before, %d with %d connections, still %d 30 s after they closed", gsrc, g0, g1, n, g2)
 	}
 	if fd2 > fd0+scaleFDSlack {
