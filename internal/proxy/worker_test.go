@@ -95,7 +95,7 @@ func TestWorkersBounded(t *testing.T) {
 		c.Close()
 	}
 	r.shutdown(t)
-	if got := workerGoroutines(); got != 0 {
+	if got := workerGoroutines() - base; got != 0 {
 		t.Fatalf("%d workers left after Run returned", got)
 	}
 }
