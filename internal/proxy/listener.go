@@ -106,7 +106,8 @@ type Listener struct {
 	// A goroutine per connection would pay for a new goroutine and, as
 	// connect's call chain is deeper than a new goroutine's 2 KiB stack,
 	// for a stack copy: a third of l4lb's own instructions per connection
-	// (callgrind; docs/PERFORMANCE.md). A worker's stack is grown once.
+	// (callgrind; docs/PERFORMANCE.md). A worker's stack grows once, and again
+	// only after a GC has shrunk it while it waited.
 	handoff     chan net.Conn // closed when the accept loop has ended
 	idleWorkers atomic.Int32  // waiting on handoff, or about to
 	workers     sync.WaitGroup

@@ -193,16 +193,60 @@ func BenchmarkReadQueued(b *testing.B) {
 }
 
 // TestRecvConnected: the contract replies relies on. A short batch means the
-// queue was empty (the next call finds EAGAIN); a full one may leave more;
-// an ICMP error is reported before the replies queued ahead of it, which
-// stay for the next call, as read(2) would report it.
+// queue was empty (the next call finds EAGAIN); a full one may leave more.
+// A datagram socket pair queues a datagram before send returns, so the
+// counts are exact whatever the machine is doing.
 func TestRecvConnected(t *testing.T) {
 	rd, err := newReader(false, func([]byte, *sockName, []byte) {})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rd.close()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	w := &recvChecker{t: t, rd: rd, fd: fds[0]}
+	send := func(n int) {
+		t.Helper()
+		for range n {
+			p := []byte(fmt.Sprintf("reply %d", len(w.queue)+w.seen))
+			if _, err := unix.Write(fds[1], p); err != nil {
+				t.Fatal(err)
+			}
+			w.queue = append(w.queue, string(p))
+		}
+	}
 
+	w.want(batchSize, 0, unix.EAGAIN) // nothing queued
+	send(3)
+	w.want(batchSize, 3, nil) // short: drained
+	w.want(batchSize, 0, unix.EAGAIN)
+	send(5)
+	w.want(4, 4, nil) // full: more may be queued, and is
+	w.want(4, 1, nil)
+	send(batchSize + 1)
+	w.want(batchSize, batchSize, nil)
+	w.want(batchSize, 1, nil)
+	if _, err := unix.Write(fds[1], nil); err != nil { // an empty datagram counts too
+		t.Fatal(err)
+	}
+	w.queue = append(w.queue, "")
+	send(1)
+	w.want(batchSize, 2, nil)
+}
+
+// TestRecvConnectedICMP: on a connected UDP socket an ICMP error is
+// reported before the replies queued ahead of it, which stay for the next
+// call, as read(2) reports it.
+func TestRecvConnectedICMP(t *testing.T) {
+	rd, err := newReader(false, func([]byte, *sockName, []byte) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.close()
 	host, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -217,50 +261,57 @@ func TestRecvConnected(t *testing.T) {
 		t.Fatal(err)
 	}
 	sa4 := local.(*unix.SockaddrInet4)
-	to := &net.UDPAddr{IP: net.IP(sa4.Addr[:]), Port: sa4.Port}
-	next := 0 // the number of the next reply sent
-	reply := func(n int) {
-		t.Helper()
-		for range n {
-			if _, err := host.WriteToUDP([]byte(fmt.Sprintf("reply %d", next)), to); err != nil {
-				t.Fatal(err)
-			}
-			next++
-		}
+	if _, err := host.WriteToUDP([]byte("reply"), &net.UDPAddr{IP: net.IP(sa4.Addr[:]), Port: sa4.Port}); err != nil {
+		t.Fatal(err)
 	}
-	got := 0 // the number of the next reply expected
-	// Loopback queues a datagram, and an ICMP error, before the sending
-	// call returns: nothing needs waiting for.
-	want := func(k, wantN int, wantErr error) {
-		t.Helper()
-		n, err := rd.recvConnected(fd, k)
-		if n != wantN || err != wantErr {
-			t.Fatalf("recvConnected(k=%d) = %d, %v; want %d, %v", k, n, err, wantN, wantErr)
-		}
-		for i := range n {
-			if p, w := string(rd.payload(i)), fmt.Sprintf("reply %d", got); p != w {
-				t.Fatalf("payload(%d) = %q; want %q", i, p, w)
-			}
-			got++
-		}
-	}
-
-	want(batchSize, 0, unix.EAGAIN) // nothing queued
-	reply(3)
-	want(batchSize, 3, nil) // short: drained
-	want(batchSize, 0, unix.EAGAIN)
-	reply(5)
-	want(4, 4, nil) // full: more may be queued, and is
-	want(4, 1, nil)
-
-	// The host goes away behind a reply: the next datagram to it draws an
-	// ICMP port unreachable.
-	reply(1)
+	// The host goes away: the next datagram to it draws an ICMP port
+	// unreachable.
 	host.Close()
 	if _, err := unix.Write(fd, []byte("to nobody")); err != nil {
 		t.Fatal(err)
 	}
-	want(batchSize, 0, unix.ECONNREFUSED)
-	want(batchSize, 1, nil)
-	want(batchSize, 0, unix.EAGAIN)
+	// Both are delivered in softirq, which may run after the calls above
+	// return: wait until the socket has both.
+	deadline := time.Now().Add(scaled(5 * time.Second))
+	for {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, 100); err != nil && err != unix.EINTR {
+			t.Fatal(err)
+		}
+		if pfd[0].Revents&(unix.POLLIN|unix.POLLERR) == unix.POLLIN|unix.POLLERR {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reply and ICMP error not both queued after 5s (revents %#x)", pfd[0].Revents)
+		}
+	}
+	w := &recvChecker{t: t, rd: rd, fd: fd, queue: []string{"reply"}}
+	w.want(batchSize, 0, unix.ECONNREFUSED)
+	w.want(batchSize, 1, nil)
+	w.want(batchSize, 0, unix.EAGAIN)
+}
+
+// recvChecker checks recvConnected's results against the datagrams queued
+// on fd, in order.
+type recvChecker struct {
+	t     *testing.T
+	rd    *reader
+	fd    int
+	queue []string // sent, not yet seen
+	seen  int
+}
+
+func (w *recvChecker) want(k, n int, wantErr error) {
+	w.t.Helper()
+	got, err := w.rd.recvConnected(w.fd, k)
+	if got != n || err != wantErr {
+		w.t.Fatalf("recvConnected(k=%d) = %d, %v; want %d, %v", k, got, err, n, wantErr)
+	}
+	for i := range got {
+		if p := string(w.rd.payload(i)); p != w.queue[0] {
+			w.t.Fatalf("payload(%d) = %q; want %q", i, p, w.queue[0])
+		}
+		w.queue = w.queue[1:]
+		w.seen++
+	}
 }

@@ -186,6 +186,49 @@ func TestResponses(t *testing.T) {
 	}
 }
 
+// TestResponsesWithinABatch: with responses = 3 and a host that answers
+// every query with 5 datagrams at once, the client gets the first 3 in
+// order, whether the owner reads them in one batch or several, and never
+// the other 2.
+func TestResponsesWithinABatch(t *testing.T) {
+	host, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 64)
+		for {
+			_, from, err := host.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			for i := range 5 {
+				host.WriteToUDPAddrPort([]byte(fmt.Sprintf("r%d", i)), from)
+			}
+		}
+	}()
+	defer func() { host.Close(); <-done }()
+	r := start(t, &Settings{Upstream: upstream(t, hosts(host.LocalAddr().String())), IdleTimeout: time.Minute, Responses: 3})
+	c := client(t, r.addr)
+	for q := range 2 {
+		if _, err := c.Write([]byte("q")); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			if got, want := recv(t, c, scaled(2*time.Second)), fmt.Sprintf("r%d", i); got != want {
+				t.Fatalf("query %d, reply %d: %q; want %q", q, i, got, want)
+			}
+		}
+		eventually(t, 2*time.Second, "session completed", func() bool { return r.l.Stats().SessionsCompleted == uint64(q+1) })
+		// The session's socket is closed: replies 3 and 4 went with it.
+		if got := recv(t, c, scaled(100*time.Millisecond)); got != "" {
+			t.Fatalf("query %d: a fourth reply came through: %q", q, got)
+		}
+	}
+}
+
 // TestResponsesFreeTheSlot: with max_sessions = 1 and responses = 1, a
 // client that got its reply leaves room for the next client at once. A
 // session counts its end before it sends the last reply and hands itself
