@@ -28,7 +28,7 @@ const maxTries = 100
 // splice session and return. The session copies both ways until the
 // connection ends; then ended logs one line and releases what serveConn
 // took.
-func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
+func (l *Listener) serveConn(dialCtx context.Context, client net.Conn, tried *triedHosts) {
 	start := time.Now()
 	s := l.set.Load()
 	setClientKeepalive(client, s.Keepalive, l.acceptKeepalive)
@@ -40,7 +40,7 @@ func (l *Listener) serveConn(dialCtx context.Context, client net.Conn) {
 		return
 	}
 
-	backend, p, h, err := l.connect(dialCtx, s, client, cl)
+	backend, p, h, err := l.connect(dialCtx, s, client, cl, tried)
 	if err != nil {
 		l.noBackend.Add(1)
 		client.Close()
@@ -142,11 +142,42 @@ func endName(r splice.Result) string {
 	return r.End.String()
 }
 
+// triedHosts is the hosts a connection has tried, and those found full
+// when acquired (a race with another connection for the last slot): later
+// picks skip both. A worker keeps one for every connection it sets up, its
+// skip function made once; made per connection, the list, the variable
+// holding it and the function that escapes with it to the selectors were
+// three heap allocations.
+type triedHosts struct {
+	hosts []*pool.Host
+	skip  func(*pool.Host) bool // has, as a func value
+}
+
+func newTriedHosts() *triedHosts {
+	t := &triedHosts{hosts: make([]*pool.Host, 0, 8)}
+	t.skip = t.has
+	return t
+}
+
+func (t *triedHosts) has(h *pool.Host) bool {
+	for _, x := range t.hosts {
+		if x == h {
+			return true
+		}
+	}
+	return false
+}
+
+func (t *triedHosts) reset() {
+	clear(t.hosts)
+	t.hosts = t.hosts[:0]
+}
+
 // connect picks a host and dials it, trying up to s.Tries hosts in total:
 // the next host of the same pool, then the next pool. Every failure is
 // recorded against its host and logged. The client notices nothing unless
 // every try fails.
-func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl *clientInfo) (net.Conn, *pool.Pool, *pool.Host, error) {
+func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl *clientInfo, tried *triedHosts) (net.Conn, *pool.Pool, *pool.Host, error) {
 	tries := s.Tries
 	if tries < 1 {
 		tries = 1
@@ -158,29 +189,16 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 	if timeout <= 0 {
 		timeout = defaultConnectTimeout
 	}
-	// tried holds the hosts this connection has tried, and those found
-	// full when acquired (a race with another connection for the last
-	// slot): both are skipped by later picks. It is sized for this
-	// connection's tries and grows if races make it: skip escapes (Pick
-	// hands it to the pools' selectors), and a fixed [2*maxTries] array
-	// went with it to the heap, 1.6 KiB per connection.
-	tried := make([]*pool.Host, 0, 2*tries)
-	n := 0 // hosts acquired and dialled; the rest of tried were full
-	skip := func(h *pool.Host) bool {
-		for _, t := range tried {
-			if t == h {
-				return true
-			}
-		}
-		return false
-	}
+	tried.reset()
+	defer tried.reset() // no host stays referenced by an idle worker
+	n := 0              // hosts acquired and dialled; the rest of tried were full
 	var lastErr error
-	for n < tries && len(tried) < 2*maxTries {
-		p, h := s.Upstream.Pick(cl.key, skip)
+	for n < tries && len(tried.hosts) < 2*maxTries {
+		p, h := s.Upstream.Pick(cl.key, tried.skip)
 		if h == nil {
 			break
 		}
-		tried = append(tried, h)
+		tried.hosts = append(tried.hosts, h)
 		if !l.acquire(s, p, h) {
 			continue
 		}
@@ -221,7 +239,7 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 			Str(logkey.Reason, reason).Int(logkey.Try, n).Int(logkey.Tries, tries).Msg("connect failed")
 	}
 	switch {
-	case n == 0 && (len(tried) > 0 || allFull(s.Upstream)):
+	case n == 0 && (len(tried.hosts) > 0 || allFull(s.Upstream)):
 		// Pick skips full hosts, so usually none reaches TryAcquire:
 		// look before saying "no usable host" to an operator.
 		return nil, nil, nil, errors.New("every usable host is at its max_connections")

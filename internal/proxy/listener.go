@@ -296,14 +296,15 @@ func (l *Listener) acceptLoop(ctx, dialCtx context.Context, raw *rawAccepter) er
 // or the connect rate times a remote host's round trip; a burst above that
 // leaves at most this many parked goroutines behind, a few KiB of stack
 // each (tests that count l4lb's goroutines allow for them).
-const MaxIdleWorkers = 16
+const MaxIdleWorkers = 64
 
 // worker serves c, then each connection handed to it, until enough others
 // are idle or the accept loop has ended.
 func (l *Listener) worker(dialCtx context.Context, c net.Conn) {
 	defer l.workers.Done()
+	tried := newTriedHosts()
 	for {
-		l.serveConn(dialCtx, c)
+		l.serveConn(dialCtx, c, tried)
 		if l.idleWorkers.Add(1) > MaxIdleWorkers {
 			l.idleWorkers.Add(-1)
 			return
