@@ -189,9 +189,10 @@ func (l *Listener) connect(ctx context.Context, s *Settings, client net.Conn, cl
 	if timeout <= 0 {
 		timeout = defaultConnectTimeout
 	}
-	tried.reset()
-	defer tried.reset() // no host stays referenced by an idle worker
-	n := 0              // hosts acquired and dialled; the rest of tried were full
+	// tried comes empty and is left so: no host stays referenced by an
+	// idle worker.
+	defer tried.reset()
+	n := 0 // hosts acquired and dialled; the rest of tried were full
 	var lastErr error
 	for n < tries && len(tried.hosts) < 2*maxTries {
 		p, h := s.Upstream.Pick(cl.key, tried.skip)

@@ -205,7 +205,7 @@ func (l *Listener) Stats() Stats {
 
 // Run accepts until ctx is done, then stops accepting at once, lets live
 // connections finish for up to DrainTimeout, closes the rest, and returns
-// once every connection handler has returned.
+// once every connection handler and worker has returned. Call it once.
 func (l *Listener) Run(ctx context.Context) error {
 	raw := newRawAccepter(l.ln)
 	stop := context.AfterFunc(ctx, func() { l.ln.Close(); raw.close() })
