@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/proxyproto"
+	"github.com/l4lb/l4lb/internal/testbackend"
 )
 
 // workerGoroutines counts the goroutines running Listener.worker.
@@ -20,23 +21,11 @@ func workerGoroutines() int {
 	return strings.Count(string(buf), "proxy.(*Listener).worker(")
 }
 
-// echoListener starts a backend that echoes until EOF.
-func echoListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go serveEcho(ln)
-	return ln.Addr().String()
-}
-
 // TestWorkersReused: connections set up one after another are set up by the
 // same few goroutines, not a new one each (docs/PERFORMANCE.md: a new
 // goroutine's stack copy was a third of l4lb's own work per connection).
 func TestWorkersReused(t *testing.T) {
-	r := start(t, defaults(upstream(t, []string{echoListener(t)})))
+	r := start(t, defaults(upstream(t, []string{testbackend.New(t, testbackend.Echo).Addr()})))
 	const n = 200
 	for i := range n {
 		if err := echoOnce(r.addr, []byte("ping")); err != nil {
@@ -54,7 +43,7 @@ func TestWorkersReused(t *testing.T) {
 // takes a worker each; once done, MaxIdleWorkers stay and the rest exit;
 // when Run returns none is left.
 func TestWorkersBounded(t *testing.T) {
-	s := defaults(upstream(t, []string{echoListener(t)}))
+	s := defaults(upstream(t, []string{testbackend.New(t, testbackend.Echo).Addr()}))
 	s.AcceptProxy = true
 	s.Trusted = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
 	s.ProxyTimeout = 30 * time.Second

@@ -45,6 +45,23 @@ type backend struct {
 // newBackend starts a backend on addr ("127.0.0.1:0") and stops it at cleanup.
 func newBackend(t testing.TB, addr string, delay time.Duration, h func([]byte) []byte) *backend {
 	t.Helper()
+	return newBackendN(t, addr, delay, oneReply(h))
+}
+
+// oneReply makes a handler of one reply (nil: none) a handler of several.
+func oneReply(h func([]byte) []byte) func([]byte) [][]byte {
+	return func(p []byte) [][]byte {
+		if r := h(p); r != nil {
+			return [][]byte{r}
+		}
+		return nil
+	}
+}
+
+// newBackendN is newBackend with a handler that answers a datagram with
+// any number of datagrams, sent back to back.
+func newBackendN(t testing.TB, addr string, delay time.Duration, h func([]byte) [][]byte) *backend {
+	t.Helper()
 	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +73,7 @@ func newBackend(t testing.TB, addr string, delay time.Duration, h func([]byte) [
 	return b
 }
 
-func (b *backend) serve(delay time.Duration, h func([]byte) []byte) {
+func (b *backend) serve(delay time.Duration, h func([]byte) [][]byte) {
 	defer b.wg.Done()
 	buf := make([]byte, maxDatagram)
 	for {
@@ -64,8 +81,8 @@ func (b *backend) serve(delay time.Duration, h func([]byte) []byte) {
 		if err != nil {
 			return
 		}
-		r := h(buf[:n])
-		if r == nil {
+		rs := h(buf[:n])
+		if len(rs) == 0 {
 			continue
 		}
 		if delay > 0 {
@@ -73,7 +90,9 @@ func (b *backend) serve(delay time.Duration, h func([]byte) []byte) {
 			// time is enough for the tests that use it.
 			time.Sleep(delay)
 		}
-		b.conn.WriteToUDPAddrPort(r, from)
+		for _, r := range rs {
+			b.conn.WriteToUDPAddrPort(r, from)
+		}
 	}
 }
 

@@ -191,26 +191,10 @@ func TestResponses(t *testing.T) {
 // order, whether the owner reads them in one batch or several, and never
 // the other 2.
 func TestResponsesWithinABatch(t *testing.T) {
-	host, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 64)
-		for {
-			_, from, err := host.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			for i := range 5 {
-				host.WriteToUDPAddrPort([]byte(fmt.Sprintf("r%d", i)), from)
-			}
-		}
-	}()
-	defer func() { host.Close(); <-done }()
-	r := start(t, &Settings{Upstream: upstream(t, hosts(host.LocalAddr().String())), IdleTimeout: time.Minute, Responses: 3})
+	host := newBackendN(t, "127.0.0.1:0", 0, func([]byte) [][]byte {
+		return [][]byte{[]byte("r0"), []byte("r1"), []byte("r2"), []byte("r3"), []byte("r4")}
+	})
+	r := start(t, &Settings{Upstream: upstream(t, hosts(host.addr())), IdleTimeout: time.Minute, Responses: 3})
 	c := client(t, r.addr)
 	for q := range 2 {
 		if _, err := c.Write([]byte("q")); err != nil {
@@ -495,7 +479,7 @@ func startBackend(addr string, h func([]byte) []byte) (*backend, error) {
 	}
 	b := &backend{conn: c}
 	b.wg.Add(1)
-	go b.serve(0, h)
+	go b.serve(0, oneReply(h))
 	return b, nil
 }
 
