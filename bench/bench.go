@@ -137,6 +137,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			&target{name: "nginx-1w", kind: nginx, threads: 1},
 			&target{name: "nginx-2w", kind: nginx, threads: 2})
 	}
+	if o.Full {
+		// l4lb with two engine loops beside its default (one per two
+		// CPUs; docs/BEHAVIOUR.md, [engine] loops), as HAProxy and nginx
+		// run with one and two threads.
+		targets = append(targets[:2], append([]*target{{name: "l4lb-2loops", kind: l4lb, threads: 2}}, targets[2:]...)...)
+	}
 	r.rep = newReport(targets, r.p.reps)
 	r.rep.Notes = append(r.rep.Notes, r.rep0...)
 	r.rep.Env = environment(o.Bin, r.tools)

@@ -26,7 +26,7 @@ const (
 type target struct {
 	name    string
 	kind    kind
-	threads int // HAProxy nbthread or nginx worker_processes
+	threads int // HAProxy nbthread, nginx worker_processes, or l4lb's [engine] loops (0 = its default)
 }
 
 // service is one kind of backend every target forwards to.
@@ -120,7 +120,7 @@ func (r *runner) start(ctx context.Context, t *target) (*instance, error) {
 		in.udp = r.udpOK
 		conf = filepath.Join(dir, "l4lb.toml")
 		argv = []string{r.opt.Bin, "run", "-c", conf}
-		if err := os.WriteFile(conf, []byte(l4lbConfig(in, r.be)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(l4lbConfig(in, r.be, t.threads)), 0o644); err != nil {
 			return nil, err
 		}
 	case haproxy:
@@ -161,9 +161,14 @@ func (in *instance) stop() {
 	}
 }
 
-func l4lbConfig(in *instance, be backends) string {
+// l4lbConfig: log level warn (no line per connection), every listener of
+// in, and [engine] loops when loops is not 0.
+func l4lbConfig(in *instance, be backends, loops int) string {
 	var b strings.Builder
 	b.WriteString("[log]\nlevel = \"warn\"\n")
+	if loops > 0 {
+		fmt.Fprintf(&b, "\n[engine]\nloops = %d\n", loops)
+	}
 	for s := service(0); s < nService; s++ {
 		if s == svcUDP && !in.udp {
 			continue

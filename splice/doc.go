@@ -16,8 +16,9 @@
 //
 //   - On Linux, when both ends are *net.TCPConn, *net.UnixConn or *Socket (a
 //     TCP socket its owner accepted or connected on a raw fd), the session
-//     runs on the package's engine: a few epoll event loops (one per CPU,
-//     started at the first session or by StartEngine) that serve every
+//     runs on the package's engine: a few epoll event loops (DefaultLoops,
+//     one per two CPUs, or as many as SetLoops said; started at the first
+//     session or by StartEngine) that serve every
 //     session, so a session needs no goroutine of its own. Start's done
 //     function is called from a loop's goroutine and must not block for long.
 //     Abort works from any goroutine.

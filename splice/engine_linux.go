@@ -3,10 +3,10 @@ package splice
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -52,9 +52,31 @@ type engine struct {
 }
 
 var (
-	engineMu  sync.Mutex
-	engineCur atomic.Pointer[engine]
+	engineMu    sync.Mutex
+	engineCur   atomic.Pointer[engine]
+	engineLoops int // loops the engine starts with; 0 = DefaultLoops(). Under engineMu
 )
+
+// SetLoops sets how many loops the engine runs: n >= 1, or 0 for
+// DefaultLoops. It must come before the engine starts (at the first session
+// or StartEngine): its loops live as long as the process, so asking for
+// another count once it runs is an error, and asking for the count it runs
+// is not.
+func SetLoops(n int) error {
+	if n < 0 {
+		return fmt.Errorf("splice: %d loops", n)
+	}
+	engineMu.Lock()
+	defer engineMu.Unlock()
+	if e := engineCur.Load(); e != nil {
+		if want := ResolveLoops(n); want != len(e.loops) {
+			return fmt.Errorf("the engine already runs %d loops, not %d (the count is set once per process)", len(e.loops), want)
+		}
+		return nil
+	}
+	engineLoops = n
+	return nil
+}
 
 // StartEngine starts the package's engine now rather than at the first
 // session that needs it. The engine lives as long as the process, like Go's
@@ -77,7 +99,7 @@ func defaultEngine() (*engine, error) {
 	if e := engineCur.Load(); e != nil {
 		return e, nil
 	}
-	e, err := newEngine(max(runtime.NumCPU(), 1))
+	e, err := newEngine(ResolveLoops(engineLoops))
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,8 @@
 
 package splice
 
+import "fmt"
+
 // PipePool exists on every OS so callers need no build tags; only Linux
 // splices.
 type PipePool struct{ MaxIdle int }
@@ -29,6 +31,14 @@ type (
 
 // StartEngine does nothing off Linux: there is no engine.
 func StartEngine() error { return nil }
+
+// SetLoops does nothing off Linux beyond checking n: there is no engine.
+func SetLoops(n int) error {
+	if n < 0 {
+		return fmt.Errorf("splice: %d loops", n)
+	}
+	return nil
+}
 
 func (s *Session) startEngine(func(Result)) bool { return false }
 func (s *Session) abortEngine(*loop, string)     {}

@@ -16,6 +16,7 @@ import (
 	"github.com/l4lb/l4lb/internal/sdnotify"
 	"github.com/l4lb/l4lb/internal/server"
 	"github.com/l4lb/l4lb/internal/upgrade"
+	"github.com/l4lb/l4lb/splice"
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 )
@@ -167,7 +168,8 @@ func run(path string, stderr io.Writer) int {
 	} else {
 		notify.Ready()
 	}
-	log.Info().Str(logkey.Version, versionString()).Str(logkey.Config, path).Int("pid", os.Getpid()).Msg("l4lb ready")
+	log.Info().Str(logkey.Version, versionString()).Str(logkey.Config, path).Int("pid", os.Getpid()).
+		Int("engine_loops", splice.ResolveLoops(cfg.Engine.Loops)).Msg("l4lb ready")
 
 	// The watchdog ticks in this loop: a stuck loop stops the pings.
 	var watchdog <-chan time.Time

@@ -17,6 +17,7 @@ type Config struct {
 	Control   Control              `toml:"control"`
 	Metrics   Metrics              `toml:"metrics"`
 	Consul    Consul               `toml:"consul"`
+	Engine    Engine               `toml:"engine"`
 	Listeners []*Listener          `toml:"listener"`
 	Upstreams map[string]*Upstream `toml:"upstream"`
 }
@@ -56,6 +57,18 @@ type Control struct {
 type Metrics struct {
 	Listen string `toml:"listen"` // "ip:port" or ":port" serving /metrics; "" = off
 }
+
+// Engine tunes the TCP copy engine (docs/BEHAVIOUR.md), set up once at start.
+type Engine struct {
+	// Loops is how many epoll event loops move the bytes of TCP
+	// connections: 1..MaxEngineLoops, or 0 (default) for one per two of
+	// the CPUs Go runs on (GOMAXPROCS), at least one.
+	Loops int `toml:"loops"`
+}
+
+// MaxEngineLoops bounds engine.loops: each loop is a goroutine, an epoll fd
+// and an eventfd for the life of the process.
+const MaxEngineLoops = 1024
 
 // Consul says where the Consul agent is and how to watch it. It is used by
 // pools with a consul table.

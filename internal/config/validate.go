@@ -32,6 +32,10 @@ func (c *Config) validate(ctx context.Context, r resolver) []*Error {
 		}
 	}
 
+	if n := c.Engine.Loops; n < 0 || n > MaxEngineLoops {
+		v.bad("engine.loops", "want 0 (one loop per two CPUs) or 1..%d, got %d", MaxEngineLoops, n)
+	}
+
 	m, err := strconv.ParseUint(c.Control.Mode, 8, 32)
 	if err != nil || m > 0o777 {
 		v.bad("control.mode", "want an octal file mode such as \"0600\", got %q", c.Control.Mode)

@@ -14,6 +14,7 @@ import (
 	"github.com/l4lb/l4lb/internal/logkey"
 	"github.com/l4lb/l4lb/internal/proxy"
 	"github.com/l4lb/l4lb/internal/udp"
+	"github.com/l4lb/l4lb/splice"
 )
 
 // Server implements the control API over its live specs.
@@ -306,8 +307,8 @@ func (s *Server) replay(sp specs, journal []op, r resolved) (specs, []op) {
 
 // sameControl refuses a reload that changes what a reload cannot: the
 // whole [control] section (the socket, its mode, group and allowed uids,
-// the state directory and the store), the metrics address and the logs,
-// which are set up once at start (restart for those). Refusing is better
+// the state directory and the store), the metrics address, the logs and
+// the engine's loop count, which are set up once at start (restart for those). Refusing is better
 // than accepting the file and silently keeping the old values: a uid taken
 // out of allow_uids would otherwise still be let in. The mode is compared
 // as parsed ("600" is "0600") and allow_uids as a set.
@@ -328,6 +329,7 @@ func sameControl(a, b *config.Config) error {
 		{"log.level", a.Log.Level, b.Log.Level},
 		{"log.format", a.Log.Format, b.Log.Format},
 		{"log.access", a.Log.Access, b.Log.Access},
+		{"engine.loops", splice.ResolveLoops(a.Engine.Loops), splice.ResolveLoops(b.Engine.Loops)},
 	} {
 		if c.a != c.b {
 			changed = append(changed, c.key)

@@ -22,6 +22,7 @@ import (
 	"github.com/l4lb/l4lb/internal/config"
 	"github.com/l4lb/l4lb/internal/testbackend"
 	"github.com/l4lb/l4lb/pool"
+	"github.com/l4lb/l4lb/splice"
 )
 
 const editable = `
@@ -775,6 +776,7 @@ hosts = [ { address = %q, id = "a", weight = %d } ]
 		{"mode", "mode = \"0660\"\nallow_uids = [1001, 1002]", []string{"control.mode"}},
 		{"group", "mode = \"0600\"\ngroup = \"0\"\nallow_uids = [1001, 1002]", []string{"control.group"}},
 		{"mode and uids", "mode = \"0666\"\nallow_uids = [0]", []string{"control.mode", "control.allow_uids"}},
+		{"engine loops", base + fmt.Sprintf("\n[engine]\nloops = %d", splice.DefaultLoops()+1), []string{"engine.loops"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The weight change shows that nothing of the file applied.
@@ -799,11 +801,13 @@ hosts = [ { address = %q, id = "a", weight = %d } ]
 			}
 		})
 	}
-	if n := s.ReloadFailures(); n != 6 {
-		t.Errorf("reload failures = %d, want 6", n)
+	if n := s.ReloadFailures(); n != 7 {
+		t.Errorf("reload failures = %d, want 7", n)
 	}
-	// The same settings spelled otherwise are no change: the reload applies.
-	if err := os.WriteFile(path, []byte(file("mode = \"600\"\nallow_uids = [1002, 1001, 1001]", 5)), 0o644); err != nil {
+	// The same settings spelled otherwise are no change: the reload applies
+	// (the engine's default loop count written out is the default).
+	same := fmt.Sprintf("mode = \"600\"\nallow_uids = [1002, 1001, 1001]\n[engine]\nloops = %d", splice.DefaultLoops())
+	if err := os.WriteFile(path, []byte(file(same, 5)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Reload(ctx); err != nil {

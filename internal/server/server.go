@@ -25,6 +25,7 @@ import (
 	"github.com/l4lb/l4lb/internal/proxy"
 	"github.com/l4lb/l4lb/internal/udp"
 	"github.com/l4lb/l4lb/pool"
+	"github.com/l4lb/l4lb/splice"
 	"github.com/rs/zerolog"
 )
 
@@ -259,6 +260,10 @@ func (s *Server) UDPListeners() []*udp.Listener {
 func (s *Server) Bind() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Before any listener: the engine starts at the first connection.
+	if err := splice.SetLoops(s.cfg.Engine.Loops); err != nil {
+		return fmt.Errorf("engine.loops: %w", err)
+	}
 	var lns []*runningListener
 	for _, lc := range s.cfg.Listeners {
 		rl, err := s.listen(lc)

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/l4lb/l4lb/internal/testbackend"
+)
+
+// epollFDs counts the epoll instances process pid holds open.
+func epollFDs(t *testing.T, pid int) int {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && l == "anon_inode:[eventpoll]" {
+			n++
+		}
+	}
+	return n
+}
+
+// TestEngineLoops: [engine] loops sets how many event loops carry TCP
+// connections, and its default is one per two of GOMAXPROCS. The count is
+// read off the process: each loop holds an epoll fd of its own besides Go's
+// netpoller's, from the first connection on.
+func TestEngineLoops(t *testing.T) {
+	echo := testbackend.New(t, testbackend.Echo)
+	for _, tc := range []struct {
+		name, engine string
+		procs, want  int
+	}{
+		{"default, 4 procs", "", 4, 2},
+		{"default, 1 proc", "", 1, 1},
+		{"loops = 3", "\n[engine]\nloops = 3\n", 2, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := filepath.Join(dir, "l4lb.toml")
+			if err := os.WriteFile(cfg, []byte(lifecycleConfig(dir, echo.Addr(), "1s")+tc.engine), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p := startProc(t, binPath, cfg, fmt.Sprintf("GOMAXPROCS=%d", tc.procs))
+			addr := fmt.Sprint(p.waitLog(t, "listening", 10*time.Second)["address"])
+			ready := p.waitLog(t, "l4lb ready", 10*time.Second)
+			if ready["engine_loops"] != float64(tc.want) {
+				t.Errorf("ready line says engine_loops %v, want %d", ready["engine_loops"], tc.want)
+			}
+			for i := range 2 * tc.want {
+				if err := echoThrough(addr, fmt.Sprintf("hello %d", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := epollFDs(t, p.cmd.Process.Pid) - 1; n != tc.want {
+				t.Errorf("%d epoll fds besides the netpoller's, want %d loops", n, tc.want)
+			}
+		})
+	}
+}
