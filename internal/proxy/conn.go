@@ -74,10 +74,20 @@ type conn struct {
 }
 
 // done is the session's done callback. It runs on an engine loop, which
-// moves the bytes of many other connections: ended writes a log line, and a
-// stalled journald or access-log disk would stall them all, so ended gets
-// a goroutine of its own (a short one, per connection that ends).
-func (c *conn) done(res splice.Result) { go c.ended(res) }
+// moves the bytes of many other connections. When ended writes a log line,
+// a stalled journald or access-log disk would stall them all, so ended then
+// gets a goroutine of its own (a short one, per connection that ends).
+// When the level drops the line, ended only counts and takes the
+// listener's lock for a map delete (never held across anything that waits
+// for a loop), so it runs here: no goroutine to start, no idle thread woken
+// to run it.
+func (c *conn) done(res splice.Result) {
+	if c.l.endLogged(c.s, res.End == splice.EndError) {
+		go c.ended(res)
+		return
+	}
+	c.ended(res)
+}
 
 // ended is the tail of serveConn: it counts, logs and releases.
 func (c *conn) ended(res splice.Result) {
@@ -101,6 +111,19 @@ func (c *conn) ended(res splice.Result) {
 	l.releaseClient(s, cl)
 	l.active.Add(-1)
 	l.wg.Done()
+}
+
+// endLogged reports whether endLine(s, _, warn) starts a line that is
+// written, without starting one.
+func (l *Listener) endLogged(s *Settings, warn bool) bool {
+	lg, lvl := &l.log, zerolog.InfoLevel
+	if s.Access != nil {
+		lg = s.Access
+	}
+	if warn {
+		lvl = zerolog.WarnLevel
+	}
+	return lvl >= lg.GetLevel() && lvl >= zerolog.GlobalLevel()
 }
 
 // endLine starts the line a connection ends with: in the access log when
