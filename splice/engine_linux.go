@@ -281,8 +281,12 @@ func (l *loop) send(c command) {
 	if wake {
 		var one [8]byte
 		binary.NativeEndian.PutUint64(one[:], 1)
+		// Raw: a write to a non-blocking eventfd never blocks, and
+		// unix.Write's entersyscall would wake the runtime's sysmon
+		// thread whenever it sleeps (every new connection, at a few
+		// thousand a second), which then polls every 20 µs for a while.
 		for {
-			_, err := unix.Write(l.evfd, one[:])
+			_, err := rawsys.Write(l.evfd, one[:])
 			if err != unix.EINTR {
 				break
 			}
