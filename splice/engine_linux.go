@@ -81,10 +81,11 @@ func SetLoops(n int) error {
 // StartEngine starts the package's engine now rather than at the first
 // session that needs it. The engine lives as long as the process, like Go's
 // netpoller: each of its loops (DefaultLoops of them, or as SetLoops said)
-// is a goroutine, an epoll fd and an eventfd. Tests that count goroutines and fds call it before they
-// take their baseline, so the engine is not taken for a leak. An error
-// means the engine cannot start (out of fds, say): sessions then run on the
-// goroutine copier, and the next session tries again.
+// is a goroutine, an epoll fd and an eventfd. Tests that count goroutines
+// and fds call it before they take their baseline, so the engine is not
+// taken for a leak. An error means the engine cannot start (out of fds,
+// say): sessions then run on the goroutine copier, and the next session
+// tries again.
 func StartEngine() error {
 	_, err := defaultEngine()
 	return err

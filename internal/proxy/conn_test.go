@@ -75,9 +75,9 @@ func TestStalledLogStallsNoConnection(t *testing.T) {
 	s := defaults(upstream(t, []string{b.Addr()}))
 	s.Access = &lg
 	r := start(t, s)
-	opened := false
+	gateOpen := false
 	t.Cleanup(func() {
-		if !opened {
+		if !gateOpen {
 			close(w.gate) // before the listener's shutdown, which waits for the ends
 		}
 	})
@@ -105,6 +105,6 @@ func TestStalledLogStallsNoConnection(t *testing.T) {
 			t.Fatalf("connection %d stalled behind a stuck log line", i)
 		}
 	}
-	opened = true
+	gateOpen = true
 	close(w.gate)
 }

@@ -308,10 +308,11 @@ func (s *Server) replay(sp specs, journal []op, r resolved) (specs, []op) {
 // sameControl refuses a reload that changes what a reload cannot: the
 // whole [control] section (the socket, its mode, group and allowed uids,
 // the state directory and the store), the metrics address, the logs and
-// the engine's loop count, which are set up once at start (restart for those). Refusing is better
-// than accepting the file and silently keeping the old values: a uid taken
-// out of allow_uids would otherwise still be let in. The mode is compared
-// as parsed ("600" is "0600") and allow_uids as a set.
+// the engine's loop count, which are set up once at start (restart for
+// those). Refusing is better than accepting the file and silently keeping
+// the old values: a uid taken out of allow_uids would otherwise still be
+// let in. The mode is compared as parsed ("600" is "0600"), allow_uids as
+// a set, and the loop count as resolved (0 is the default count).
 func sameControl(a, b *config.Config) error {
 	var changed []string
 	for _, c := range []struct {
