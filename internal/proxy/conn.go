@@ -113,36 +113,37 @@ func (c *conn) ended(res splice.Result) {
 	l.wg.Done()
 }
 
-// endLogged reports whether endLine(s, _, warn) starts a line that is
-// written, without starting one.
-func (l *Listener) endLogged(s *Settings, warn bool) bool {
-	lg, lvl := &l.log, zerolog.InfoLevel
+// endLog is where the line a connection ends with goes: the access log
+// when the settings name one, else the main log; warn raises it from info
+// to a warning.
+func (l *Listener) endLog(s *Settings, warn bool) (*zerolog.Logger, zerolog.Level) {
+	lg, lvl := &l.log, zerolog.InfoLevel // l.log carries the listener field
 	if s.Access != nil {
 		lg = s.Access
 	}
 	if warn {
 		lvl = zerolog.WarnLevel
 	}
+	return lg, lvl
+}
+
+// endLogged reports whether endLine(s, _, warn) starts a line that is
+// written, without starting one.
+func (l *Listener) endLogged(s *Settings, warn bool) bool {
+	lg, lvl := l.endLog(s, warn)
 	return lvl >= lg.GetLevel() && lvl >= zerolog.GlobalLevel()
 }
 
-// endLine starts the line a connection ends with: in the access log when
-// the settings name one, else in the main log; warn raises it to a warning.
-// Its fields are documented in docs/METRICS.md and must stay stable.
+// endLine starts the line a connection ends with (see endLog). Its fields
+// are documented in docs/METRICS.md and must stay stable.
 func (l *Listener) endLine(s *Settings, cl *clientInfo, warn bool) *zerolog.Event {
-	var ev *zerolog.Event
-	switch {
-	case s.Access == nil && warn:
-		ev = l.log.Warn()
-	case s.Access == nil:
-		ev = l.log.Info() // l.log carries the listener field
-	case warn:
-		ev = s.Access.Warn().Str(logkey.Listener, l.name)
-	default:
-		ev = s.Access.Info().Str(logkey.Listener, l.name)
-	}
+	lg, lvl := l.endLog(s, warn)
+	ev := lg.WithLevel(lvl)
 	if !ev.Enabled() {
 		return ev
+	}
+	if s.Access != nil {
+		ev = ev.Str(logkey.Listener, l.name)
 	}
 	ev = ev.Str(logkey.Client, cl.String())
 	if cl.via.IsValid() {
