@@ -75,12 +75,8 @@ func TestStalledLogStallsNoConnection(t *testing.T) {
 	s := defaults(upstream(t, []string{b.Addr()}))
 	s.Access = &lg
 	r := start(t, s)
-	gateOpen := false
-	t.Cleanup(func() {
-		if !gateOpen {
-			close(w.gate) // before the listener's shutdown, which waits for the ends
-		}
-	})
+	open := sync.OnceFunc(func() { close(w.gate) })
+	t.Cleanup(open) // before the listener's shutdown, which waits for the ends
 
 	w.armed.Store(true)
 	if err := echoOnce(r.addr, []byte("first")); err != nil {
@@ -105,6 +101,5 @@ func TestStalledLogStallsNoConnection(t *testing.T) {
 			t.Fatalf("connection %d stalled behind a stuck log line", i)
 		}
 	}
-	gateOpen = true
-	close(w.gate)
+	open()
 }
