@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -141,7 +142,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		// l4lb with two engine loops beside its default (one per two
 		// CPUs; docs/BEHAVIOUR.md, [engine] loops), as HAProxy and nginx
 		// run with one and two threads.
-		targets = append(targets[:2], append([]*target{{name: "l4lb-2loops", kind: l4lb, threads: 2}}, targets[2:]...)...)
+		targets = slices.Insert(targets, 2, &target{name: "l4lb-2loops", kind: l4lb, threads: 2})
 	}
 	r.rep = newReport(targets, r.p.reps)
 	r.rep.Notes = append(r.rep.Notes, r.rep0...)
