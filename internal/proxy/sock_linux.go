@@ -39,6 +39,11 @@ type rawAccepter struct {
 	aerr   error
 	readFn func(fd uintptr) bool
 
+	// inherit: the listening socket has TCP_NODELAY, so every accepted
+	// socket starts with it (Linux copies the listener's Nagle setting
+	// into the child) and accept makes no setsockopt of its own.
+	inherit bool
+
 	closed atomic.Bool // set by close, before the file is closed
 }
 
@@ -68,9 +73,20 @@ func newRawAccepter(ln net.Listener) *rawAccepter {
 		f.Close()
 		return nil
 	}
-	a := &rawAccepter{f: f, rc: rc}
+	a := &rawAccepter{f: f, rc: rc, inherit: listenNoDelay(dup)}
 	a.readFn = a.try
 	return a
+}
+
+// listenNoDelay sets TCP_NODELAY on a listening socket and reports whether
+// it reads back as set. Inherited listeners (socket activation, upgrade)
+// get it too: it changes nothing for the listener itself.
+func listenNoDelay(fd int) bool {
+	if unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) != nil {
+		return false
+	}
+	v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+	return err == nil && v != 0
 }
 
 // close closes the duplicate; a waiting accept returns net.ErrClosed.
@@ -83,8 +99,9 @@ func (a *rawAccepter) close() {
 
 // accept waits for the next connection (through the netpoller, as
 // net.Listener.Accept does) and returns it as a *splice.Socket with
-// TCP_NODELAY set. Errors: net.ErrClosed once the listener is closed
-// (wrapped), else accept4's (EMFILE and the like).
+// TCP_NODELAY set (inherited from the listener, or set here). Errors:
+// net.ErrClosed once the listener is closed (wrapped), else accept4's
+// (EMFILE and the like).
 func (a *rawAccepter) accept() (net.Conn, error) {
 	if err := a.rc.Read(a.readFn); err != nil {
 		// Read on a closed file fails with poll's "use of closed file",
@@ -97,7 +114,9 @@ func (a *rawAccepter) accept() (net.Conn, error) {
 	if a.aerr != nil {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", a.aerr)}
 	}
-	setNoDelay(a.nfd)
+	if !a.inherit {
+		setNoDelay(a.nfd)
+	}
 	return splice.NewSocket(a.nfd, netip.AddrPort{}, a.peer), nil
 }
 

@@ -219,3 +219,38 @@ func TestRawAccepterClosed(t *testing.T) {
 		t.Errorf("accept after close: %v, want net.ErrClosed", err)
 	}
 }
+
+// TestAcceptedNoDelay: an accepted client socket has TCP_NODELAY, taken
+// from the listener (which the accepter sets it on), so accept makes no
+// setsockopt of its own. Small replies must not wait on Nagle's algorithm.
+func TestAcceptedNoDelay(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a := newRawAccepter(ln)
+	if a == nil {
+		t.Fatal("no raw accepter for a TCP listener")
+	}
+	defer a.close()
+	if !a.inherit {
+		t.Fatal("the listener does not read back TCP_NODELAY: every accept would set it")
+	}
+	for range 3 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s, err := a.accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		v, err := unix.GetsockoptInt(s.(*splice.Socket).Fd(), unix.IPPROTO_TCP, unix.TCP_NODELAY)
+		if err != nil || v == 0 {
+			t.Errorf("accepted socket: TCP_NODELAY = %d (%v), want set", v, err)
+		}
+	}
+}
