@@ -40,23 +40,32 @@ type Socket struct {
 
 // Child is a new process being started by Start.
 type Child struct {
-	cmd  *exec.Cmd
+	proc *os.Process
 	conn net.Conn
 	rd   *bufio.Reader
 }
 
 // Start runs exe with args as the successor of this process, handing it
 // socks (which the caller still owns and closes). Its stdout and stderr are
-// this process's. It starts nothing else: the caller goes on with
-// WaitReady.
+// this process's, its stdin /dev/null. It starts nothing else: the caller
+// goes on with WaitReady.
+//
+// The sockets go to the child by their raw fds, not through os/exec:
+// os.StartProcess takes each file's Fd(), and Fd() puts the socket into
+// blocking mode. The mode belongs to the socket, shared by this process and
+// every other that holds it, so this process's own listeners would block:
+// an accept4 or recvmmsg made by a raw syscall (the engine's) would then
+// hold its thread and its P until the next client came, and with one P
+// stop the whole process. A child that fails before it takes the sockets
+// would leave them so for good.
 func Start(exe string, args []string, socks []Socket) (*Child, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("upgrade: socketpair: %w", err)
 	}
+	// The child has its own copy; ours would hide its exit.
+	defer syscall.Close(fds[1])
 	mine := os.NewFile(uintptr(fds[0]), "upgrade-parent")
-	theirs := os.NewFile(uintptr(fds[1]), "upgrade-child")
-	defer theirs.Close() // the child has its own copy; ours would hide its exit
 	conn, err := net.FileConn(mine)
 	mine.Close()
 	if err != nil {
@@ -67,18 +76,48 @@ func Start(exe string, args []string, socks []Socket) (*Child, error) {
 		conn.Close()
 		return nil, err
 	}
-	cmd := exec.Command(exe, args...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.ExtraFiles = []*os.File{theirs} // fd 3
-	for _, s := range socks {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, s.File)
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("upgrade: %w", err)
 	}
-	cmd.Env = append(childEnv(os.Environ()), EnvFD+"=3", EnvSockets+"="+string(names))
-	if err := cmd.Start(); err != nil {
+	defer null.Close()
+	// 0, 1, 2, then the line to us at 3, then the sockets from 4.
+	files := []uintptr{null.Fd(), 1, 2, uintptr(fds[1])}
+	for _, s := range socks {
+		fd, err := rawFD(s.File)
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("upgrade: %s %s: %w", s.Network, s.Address, err)
+		}
+		files = append(files, fd)
+	}
+	env := append(childEnv(os.Environ()), EnvFD+"=3", EnvSockets+"="+string(names))
+	pid, err := syscall.ForkExec(exe, append([]string{exe}, args...), &syscall.ProcAttr{Env: env, Files: files})
+	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("upgrade: start %s: %w", exe, err)
 	}
-	return &Child{cmd: cmd, conn: conn, rd: bufio.NewReader(conn)}, nil
+	proc, err := os.FindProcess(pid) // never fails on Unix
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("upgrade: %w", err)
+	}
+	return &Child{proc: proc, conn: conn, rd: bufio.NewReader(conn)}, nil
+}
+
+// rawFD is f's descriptor, read without Fd() (which would make it blocking).
+// It stays valid while f is open.
+func rawFD(f *os.File) (uintptr, error) {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var fd uintptr
+	if err := sc.Control(func(n uintptr) { fd = n }); err != nil {
+		return 0, err
+	}
+	return fd, nil
 }
 
 // childEnv is env without what names this process alone: a previous
@@ -97,7 +136,7 @@ func childEnv(env []string) []string {
 }
 
 // Pid is the child's process id.
-func (c *Child) Pid() int { return c.cmd.Process.Pid }
+func (c *Child) Pid() int { return c.proc.Pid }
 
 // WaitReady waits for the child to say it loaded its config and bound its
 // listeners.
@@ -134,18 +173,21 @@ func (c *Child) expect(ctx context.Context, want string) error {
 // it ended.
 func (c *Child) Abort() error {
 	c.conn.Close()
-	_ = c.cmd.Process.Kill()
-	err := c.cmd.Wait()
-	if err == nil {
+	_ = c.proc.Kill()
+	st, err := c.proc.Wait()
+	if err != nil {
+		return err
+	}
+	if st.Success() {
 		return errors.New("exit status 0")
 	}
-	return err
+	return &exec.ExitError{ProcessState: st}
 }
 
 // Release lets the child go on alone: this process will exit before it.
 func (c *Child) Release() {
 	c.conn.Close()
-	_ = c.cmd.Process.Release()
+	_ = c.proc.Release()
 }
 
 // Handover is the child's side: the sockets it inherited and the line to

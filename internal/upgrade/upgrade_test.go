@@ -8,8 +8,11 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // helperEnv makes the test binary act as a child (TestMain).
@@ -103,8 +106,8 @@ func TestHandover(t *testing.T) {
 	if err != nil || line != strconv.Itoa(pid)+"\n" {
 		t.Fatalf("answered %q (%v), want the child's pid %d", line, err, pid)
 	}
-	if err := c.cmd.Wait(); err != nil {
-		t.Fatalf("child: %v", err)
+	if st, err := c.proc.Wait(); err != nil || !st.Success() {
+		t.Fatalf("child: %v %v", st, err)
 	}
 }
 
@@ -158,4 +161,61 @@ func TestNotAChild(t *testing.T) {
 		t.Fatalf("FromEnv: %v, %v; want nil, nil", h, err)
 	}
 	h.Close() // nil-safe
+}
+
+// TestSocketsStayNonBlocking: handing sockets to a child leaves them
+// non-blocking in this process, even when the child fails before it takes
+// them. The mode is the socket's, shared with the child: os/exec would
+// make it blocking (Fd), and the old process, serving on after a failed
+// upgrade, would then block a thread in every accept4 or recvmmsg that
+// finds nothing.
+func TestSocketsStayNonBlocking(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	lf, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	pf, err := pc.(*net.UDPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pf.Close()
+	t.Setenv(helperEnv, "exit")
+	c, err := Start(os.Args[0], []string{"-test.run=^$"}, []Socket{
+		{Network: "tcp", Address: "front", File: lf},
+		{Network: "udp", Address: "dns", File: pf},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); !errors.Is(err, ErrChildExited) {
+		t.Fatalf("WaitReady: %v, want ErrChildExited", err)
+	}
+	if err := c.Abort(); err == nil || err.Error() != "exit status 3" {
+		t.Fatalf("Abort: %v, want exit status 3", err)
+	}
+	for name, sc := range map[string]syscall.Conn{"tcp listener": ln.(*net.TCPListener), "udp socket": pc.(*net.UDPConn)} {
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var flags int
+		var ferr error
+		rc.Control(func(fd uintptr) { flags, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+		if ferr != nil || flags&unix.O_NONBLOCK == 0 {
+			t.Errorf("%s after the handover: flags %#x (%v), want O_NONBLOCK", name, flags, ferr)
+		}
+	}
 }
