@@ -3,8 +3,11 @@ package splice
 import "runtime"
 
 // DefaultLoops is the engine's loop count unless SetLoops says otherwise:
-// one loop per two of the CPUs Go runs on (GOMAXPROCS, which follows the
-// CPU affinity and the cgroup's limit), at least one.
+// one loop per two of the CPUs Go started on (GOMAXPROCS when the process
+// started, which follows the CPU affinity and the cgroup's limit), at
+// least one. It does not follow later GOMAXPROCS changes: l4lb lowers
+// GOMAXPROCS to the loop count once the count is known, and the default
+// must read the same afterwards (a reload compares it).
 //
 // Not one per CPU: each loop wakes on its own, so two loops that both have
 // work cost two thread wake-ups where one loop takes both batches in one,
@@ -15,7 +18,13 @@ import "runtime"
 // eight bulk streams moving as much. Half the CPUs also leaves Ps for the
 // accept loops, the connection workers and the kernel's network work that
 // runs on the loops' behalf.
-func DefaultLoops() int { return max(runtime.GOMAXPROCS(0)/2, 1) }
+func DefaultLoops() int { return loopsFor(startProcs) }
+
+// startProcs is GOMAXPROCS as the process started.
+var startProcs = runtime.GOMAXPROCS(0)
+
+// loopsFor is the default loop count for procs CPUs.
+func loopsFor(procs int) int { return max(procs/2, 1) }
 
 // ResolveLoops is the loop count SetLoops(n) asks for: n, or DefaultLoops
 // for 0.

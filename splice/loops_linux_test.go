@@ -11,12 +11,18 @@ import (
 )
 
 func TestDefaultLoops(t *testing.T) {
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
 	for procs, want := range map[int]int{1: 1, 2: 1, 3: 1, 4: 2, 16: 8} {
-		runtime.GOMAXPROCS(procs)
-		if got := DefaultLoops(); got != want {
+		if got := loopsFor(procs); got != want {
 			t.Errorf("GOMAXPROCS %d: %d loops, want %d", procs, got, want)
 		}
+	}
+	// The default follows GOMAXPROCS as the process started, not as it is
+	// changed later (l4lb lowers it to the loop count).
+	want := loopsFor(runtime.GOMAXPROCS(0))
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 4)
+	if got := DefaultLoops(); got != want {
+		t.Errorf("after GOMAXPROCS changed: %d loops, want %d as at start", got, want)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -20,6 +21,25 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 )
+
+// fitProcs lowers GOMAXPROCS to the engine's loop count (never raises
+// it), unless the GOMAXPROCS environment variable sets it. The loops carry
+// the bytes; every other goroutine (accept, connect, probes, the control
+// API) is light, and Ps beyond the loops only add idle threads that wake,
+// find nothing and sleep again, each a context switch. Measured on two
+// CPUs (one loop): proxy CPU per new connection 87 -> 78 us, context
+// switches per connection 0.55-0.88 -> 0.14-0.21; bulk, pipelined GET and
+// UDP unchanged. Setting GOMAXPROCS also ends Go's own updates of it when
+// the cgroup's CPU limit changes; the loop count does not follow them
+// either.
+func fitProcs(loops int) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return
+	}
+	if n := splice.ResolveLoops(loops); n < runtime.GOMAXPROCS(0) {
+		runtime.GOMAXPROCS(n)
+	}
+}
 
 func check(path string, stdout, stderr io.Writer) int {
 	if _, err := config.Load(path); err != nil {
@@ -83,6 +103,7 @@ func run(path string, stderr io.Writer) int {
 		printConfigErrors(stderr, err)
 		return 1
 	}
+	fitProcs(cfg.Engine.Loops)
 	log := newLogger(cfg.Log, stderr)
 	acc, accLog, err := openAccessLog(cfg.Log, os.Stdout, stderr)
 	if err != nil {
@@ -169,7 +190,8 @@ func run(path string, stderr io.Writer) int {
 		notify.Ready()
 	}
 	log.Info().Str(logkey.Version, versionString()).Str(logkey.Config, path).Int("pid", os.Getpid()).
-		Int("engine_loops", splice.ResolveLoops(cfg.Engine.Loops)).Msg("l4lb ready")
+		Int("engine_loops", splice.ResolveLoops(cfg.Engine.Loops)).Int("go_procs", runtime.GOMAXPROCS(0)).
+		Msg("l4lb ready")
 
 	// The watchdog ticks in this loop: a stuck loop stops the pings.
 	var watchdog <-chan time.Time

@@ -62,7 +62,8 @@ type Metrics struct {
 type Engine struct {
 	// Loops is how many epoll event loops move the bytes of TCP
 	// connections: 1..MaxEngineLoops, or 0 (default) for one per two of
-	// the CPUs Go runs on (GOMAXPROCS), at least one.
+	// the CPUs Go runs on (GOMAXPROCS), at least one. l4lb run then
+	// lowers GOMAXPROCS to it unless the GOMAXPROCS variable is set.
 	Loops int `toml:"loops"`
 }
 
