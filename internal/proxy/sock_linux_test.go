@@ -192,20 +192,28 @@ func TestConnectHeap(t *testing.T) {
 	}
 }
 
+// listenRaw listens on a loopback port and puts a raw accepter on the
+// listener, which is closed when the test ends.
+func listenRaw(t *testing.T) (net.Listener, *rawAccepter) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	a := newRawAccepter(ln)
+	if a == nil {
+		t.Fatal("no raw accepter for a TCP listener")
+	}
+	return ln, a
+}
+
 // TestRawAccepterClosed: once closed, accept says net.ErrClosed (what the
 // accept loop stops on), not poll's "use of closed file": the first accept
 // may be waiting or not yet started when close comes, the second starts
 // after it.
 func TestRawAccepterClosed(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a := newRawAccepter(ln)
-	if a == nil {
-		t.Fatal("no raw accepter for a TCP listener")
-	}
+	_, a := listenRaw(t)
 	waiting := make(chan error, 1)
 	go func() {
 		_, err := a.accept()
@@ -224,15 +232,7 @@ func TestRawAccepterClosed(t *testing.T) {
 // from the listener (which the accepter sets it on), so accept makes no
 // setsockopt of its own. Small replies must not wait on Nagle's algorithm.
 func TestAcceptedNoDelay(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a := newRawAccepter(ln)
-	if a == nil {
-		t.Fatal("no raw accepter for a TCP listener")
-	}
+	ln, a := listenRaw(t)
 	defer a.close()
 	if !a.inherit {
 		t.Fatal("the listener does not read back TCP_NODELAY: every accept would set it")

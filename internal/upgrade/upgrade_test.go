@@ -111,12 +111,10 @@ func TestHandover(t *testing.T) {
 	}
 }
 
-func TestChildFailsBeforeReady(t *testing.T) {
-	t.Setenv(helperEnv, "exit")
-	c, err := Start(os.Args[0], []string{"-test.run=^$"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+// expectFailed waits for c, a child in the "exit" helper mode, to fail
+// before it is ready, and checks Abort reports its exit status.
+func expectFailed(t *testing.T, c *Child) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := c.WaitReady(ctx); !errors.Is(err, ErrChildExited) {
@@ -125,6 +123,15 @@ func TestChildFailsBeforeReady(t *testing.T) {
 	if err := c.Abort(); err == nil || err.Error() != "exit status 3" {
 		t.Fatalf("Abort: %v, want exit status 3", err)
 	}
+}
+
+func TestChildFailsBeforeReady(t *testing.T) {
+	t.Setenv(helperEnv, "exit")
+	c, err := Start(os.Args[0], []string{"-test.run=^$"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectFailed(t, c)
 }
 
 func TestChildSilent(t *testing.T) {
@@ -198,14 +205,7 @@ func TestSocketsStayNonBlocking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := c.WaitReady(ctx); !errors.Is(err, ErrChildExited) {
-		t.Fatalf("WaitReady: %v, want ErrChildExited", err)
-	}
-	if err := c.Abort(); err == nil || err.Error() != "exit status 3" {
-		t.Fatalf("Abort: %v, want exit status 3", err)
-	}
+	expectFailed(t, c)
 	for name, sc := range map[string]syscall.Conn{"tcp listener": ln.(*net.TCPListener), "udp socket": pc.(*net.UDPConn)} {
 		rc, err := sc.SyscallConn()
 		if err != nil {
