@@ -82,9 +82,7 @@ func newRawAccepter(ln net.Listener) *rawAccepter {
 // it reads back as set. Inherited listeners (socket activation, upgrade)
 // get it too: it changes nothing for the listener itself.
 func listenNoDelay(fd int) bool {
-	if unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) != nil {
-		return false
-	}
+	setNoDelay(fd)
 	v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
 	return err == nil && v != 0
 }
