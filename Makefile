@@ -5,7 +5,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: all build test test-deps test-short lint demo bench reliability fuzz clean install uninstall deb
+.PHONY: all build test test-deps test-short lint demo bench microbench reliability fuzz clean install uninstall deb
 
 all: build
 
@@ -40,6 +40,17 @@ demo: build
 # written to bench/results/<timestamp>.txt, or to OUT=path.
 bench: build
 	$(GO) run ./bench/cmd/l4lb-bench -bin bin/l4lb $(if $(FULL),-full) $(if $(SMOKE),-smoke) $(if $(OUT),-o $(OUT))
+
+# The Go benchmarks of the hot paths (docs/PERFORMANCE.md, "Go benchmarks"):
+# host selection, the splice copier, a proxied connection, the UDP relay and
+# its batched reads, with allocations per operation. BENCHTIME per benchmark.
+# BenchmarkReadQueued stops the timer around its untimed writes on every op,
+# which with -benchmem reads the memory statistics each time: it runs a fixed
+# count instead (at 1s it took 5 minutes).
+BENCHTIME ?= 1s
+microbench:
+	$(GO) test -run '^$$' -bench . -skip ReadQueued -benchmem -benchtime $(BENCHTIME) -count 1 ./pool/ ./splice/ ./internal/proxy/ ./internal/udp/
+	$(GO) test -run '^$$' -bench ReadQueued -benchmem -benchtime 20000x -count 1 ./internal/udp/
 
 # The reliability suite at full length (docs/RELIABILITY.md): L4LB_LONG=1
 # runs each test's long variant at its own documented length; SOAK is the
