@@ -44,9 +44,10 @@ bench: build
 # The Go benchmarks of the hot paths (docs/PERFORMANCE.md, "Go benchmarks"):
 # host selection, the splice copier, a proxied connection, the UDP relay and
 # its batched reads, with allocations per operation. BENCHTIME per benchmark.
-# BenchmarkReadQueued stops the timer around its untimed writes on every op,
-# which with -benchmem reads the memory statistics each time: it runs a fixed
-# count instead (at 1s it took 5 minutes).
+# BenchmarkReadQueued's untimed part (its writes, and the memory statistics
+# that StopTimer reads on every op) is many times its timed part, so at 1s
+# each case ran hundreds of thousands of ops and the whole took 5 minutes:
+# it runs a fixed count instead.
 BENCHTIME ?= 1s
 microbench:
 	$(GO) test -run '^$$' -bench . -skip ReadQueued -benchmem -benchtime $(BENCHTIME) -count 1 ./pool/ ./splice/ ./internal/proxy/ ./internal/udp/
