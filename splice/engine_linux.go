@@ -155,6 +155,14 @@ type loop struct {
 	armed  int64 // deadline in force on file (mono ns); 0 none, -1 unknown
 	now    int64 // mono ns, taken once per batch of events
 	events [maxEvents]unix.EpollEvent
+	ring   *uring // batched writes (uring_linux.go); nil: write(2)
+	doneFn func(uint64, int32)
+	// ringSent and ringFull count sends completed through ring, and those
+	// of them that found dst full (read by tests).
+	ringSent, ringFull atomic.Uint64
+	// orphans holds the buffers of sends whose session ended before
+	// their completion was read, by completion.
+	orphans map[uint64]*[]byte
 }
 
 // command is what other goroutines ask of a loop: add s, or abort it.
@@ -198,6 +206,8 @@ func newLoop() (*loop, error) {
 	}
 	l.rc = rc
 	l.pollFn = l.poll
+	l.ring = newLoopRing(evfd)
+	l.doneFn = l.sent
 	return l, nil
 }
 
@@ -243,6 +253,7 @@ func (l *loop) poll(uintptr) bool {
 			l.commands()
 		}
 		l.expire()
+		l.submit()
 		// Fewer events than asked for means epoll had no more ready.
 		// Any later one makes the epoll fd readable again and wakes the
 		// netpoller (the epoll fd is edge-triggered there too, and each
@@ -400,17 +411,95 @@ func (l *loop) event(slot int32, i int, gen uint32, ev uint32) {
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		in.full = false
 	}
-	if ev&unix.EPOLLERR != 0 && out.eof && !in.pending() {
-		// Side i already sent its FIN and now failed (a RST): nothing
-		// would read or write it until the other side speaks, so pass
-		// the reset on now.
-		if e, err := unix.GetsockoptInt(out.src.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && e != 0 {
-			l.end(s, out.srcEnd, os.NewSyscallError("read", syscall.Errno(e)), "", out.dst)
-			return
-		}
+	if ev&unix.EPOLLERR != 0 && out.eof {
+		out.errAfterEOF = true
+	}
+	if !l.resetAfterEOF(s, i) {
+		return
 	}
 	if l.pump(s, out) {
 		l.pump(s, in)
+	}
+}
+
+// resetAfterEOF passes on a reset of side i that came after side i's FIN,
+// once nothing is left to write to side i: nothing would read or write it
+// until the other side speaks. It returns false when the session ended.
+func (l *loop) resetAfterEOF(s *Session, i int) bool {
+	out := &s.eng.flows[i]
+	if !out.errAfterEOF || s.eng.flows[1-i].pending() {
+		return true
+	}
+	out.errAfterEOF = false
+	if e, err := unix.GetsockoptInt(out.src.fd, unix.SOL_SOCKET, unix.SO_ERROR); err == nil && e != 0 {
+		l.end(s, out.srcEnd, os.NewSyscallError("read", syscall.Errno(e)), "", out.dst)
+		return false
+	}
+	return true
+}
+
+// submit hands the round's queued sends to the kernel and goes on with
+// each flow as its send returned, until no send is queued or unreported.
+func (l *loop) submit() {
+	if l.ring == nil {
+		return
+	}
+	for {
+		l.ring.submit()
+		if !l.ring.reap(l.doneFn) && l.ring.queued == 0 {
+			return
+		}
+	}
+}
+
+// sentID names flow i of the session in slot for its send's completion.
+func sentID(slot int32, gen uint32, i int) uint64 {
+	return uint64(gen)<<32 | uint64(slot)<<1 | uint64(i)
+}
+
+// sent goes on with the flow whose send completed with res, as flush
+// would after a write(2) that returned the same.
+func (l *loop) sent(ud uint64, res int32) {
+	if len(l.orphans) > 0 {
+		if b, ok := l.orphans[ud]; ok {
+			delete(l.orphans, ud) // its session ended first
+			smallPool.Put(b)
+			return
+		}
+	}
+	slot, gen, i := int32(uint32(ud)>>1), uint32(ud>>32), int(ud&1)
+	if int(slot) >= len(l.sess) || l.gen[slot] != gen || l.sess[slot] == nil {
+		return // the session ended
+	}
+	s := l.sess[slot]
+	f := &s.eng.flows[i]
+	if !f.sending {
+		return
+	}
+	f.sending = false
+	l.ringSent.Add(1)
+	switch {
+	case res > 0:
+		f.off += int(res)
+		f.n.Add(uint64(res))
+		if f.off == f.end {
+			// All written: an idle flow holds no buffer.
+			smallPool.Put(f.buf)
+			f.buf, f.off, f.end = nil, 0, 0
+		}
+	case res == -int32(unix.EAGAIN):
+		f.full = true
+		l.ringFull.Add(1)
+	case res == -int32(unix.EINTR):
+	case res == 0:
+		l.end(s, f.dstEnd, errors.New("send moved 0 bytes"), "", f.src)
+		return
+	default:
+		l.end(s, f.dstEnd, os.NewSyscallError("write", syscall.Errno(-res)), "", f.src)
+		return
+	}
+	if l.pump(s, f) {
+		l.resetAfterEOF(s, 1-i)
 	}
 }
 
@@ -450,8 +539,24 @@ func (l *loop) schedule(s *Session, at int64) {
 // gets SO_LINGER 0 so its peer sees a reset, both are closed, pipes and
 // buffers go back, and s's done is called.
 func (l *loop) end(s *Session, how End, err error, reason string, reset *side) {
+	// Queued sends go out before any socket closes: an fd number closed
+	// here may be a new connection's by the time the loop submits.
+	for l.ring != nil && l.ring.queued > 0 {
+		l.ring.submit()
+	}
 	e := &s.eng
 	if e.registered() {
+		// A send whose completion is not read yet keeps its buffer
+		// until it is: the kernel may still be reading it.
+		for i := range e.flows {
+			if f := &e.flows[i]; f.sending {
+				if l.orphans == nil {
+					l.orphans = make(map[uint64]*[]byte)
+				}
+				l.orphans[sentID(e.slot, l.gen[e.slot], i)] = f.buf
+				f.buf, f.off, f.end, f.sending = nil, 0, 0, false
+			}
+		}
 		// No EPOLL_CTL_DEL: both sockets are closed below, and closing
 		// the last fd of a file takes it out of every epoll set. (Were
 		// an fd dup'ed elsewhere, its events would still name this

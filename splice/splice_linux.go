@@ -61,6 +61,12 @@ type flow struct {
 	urgent bool
 	full   bool // dst said EAGAIN (or took part of a write): wait for EPOLLOUT
 	eof    bool // src reached EOF and dst's write half was shut
+	// sending: buf[off:end] is queued on the loop's io_uring as a send
+	// (uring_linux.go): nothing reads into buf or writes until it returns.
+	sending bool
+	// errAfterEOF: src reported an error after its EOF, to pass on once
+	// nothing is left to write to it (loop.resetAfterEOF).
+	errAfterEOF bool
 
 	small    bool // small-message mode
 	noSplice bool // splice refused (EINVAL) or no pipe fd: small mode for good
@@ -115,13 +121,13 @@ func (f *flow) release(pp *PipePool) {
 func (l *loop) pump(s *Session, f *flow) bool {
 	for {
 		if f.pending() {
-			if f.full {
+			if f.full || f.sending {
 				return true
 			}
 			if !l.flush(s, f) {
 				return false
 			}
-			if f.full {
+			if f.full || f.sending {
 				return true
 			}
 		}
@@ -273,6 +279,16 @@ func (l *loop) flush(s *Session, f *flow) bool {
 		f.n.Add(uint64(m))
 	}
 	for f.off < f.end {
+		if l.ring != nil {
+			i := 0
+			if f == &s.eng.flows[1] {
+				i = 1
+			}
+			if l.ring.send(f.dst.fd, (*f.buf)[f.off:f.end], sentID(s.eng.slot, l.gen[s.eng.slot], i)) {
+				f.sending = true // loop.sent goes on
+				return true
+			}
+		}
 		m, err := rawsys.Write(f.dst.fd, (*f.buf)[f.off:f.end])
 		switch {
 		case err == unix.EINTR:

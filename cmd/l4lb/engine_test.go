@@ -8,10 +8,14 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/testbackend"
+	"github.com/l4lb/l4lb/splice"
 )
 
 // epollFDs counts the epoll instances process pid holds open.
-func epollFDs(t *testing.T, pid int) int {
+func epollFDs(t *testing.T, pid int) int { return anonFDs(t, pid, "anon_inode:[eventpoll]") }
+
+// anonFDs counts pid's fds that link to the anonymous inode named.
+func anonFDs(t *testing.T, pid int, name string) int {
 	t.Helper()
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, err := os.ReadDir(dir)
@@ -20,7 +24,7 @@ func epollFDs(t *testing.T, pid int) int {
 	}
 	n := 0
 	for _, e := range ents {
-		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && l == "anon_inode:[eventpoll]" {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && l == name {
 			n++
 		}
 	}
@@ -79,6 +83,20 @@ func TestEngineLoops(t *testing.T) {
 			}
 			if n := epollFDs(t, p.cmd.Process.Pid) - 1; n != loops {
 				t.Errorf("%d epoll fds besides the netpoller's, want %d loops", n, loops)
+			}
+			// Each loop batches its writes on an io_uring of its own
+			// where the kernel allows it, and the ready line says how
+			// it writes; this test process finds out the same way.
+			writes := splice.RingWrites()
+			if ready["engine_writes"] != writes {
+				t.Errorf("ready line says engine_writes %v, want %q", ready["engine_writes"], writes)
+			}
+			rings := 0
+			if writes == "io_uring" {
+				rings = loops
+			}
+			if n := anonFDs(t, p.cmd.Process.Pid, "anon_inode:[io_uring]"); n != rings {
+				t.Errorf("%d io_uring fds, want %d (engine writes: %s)", n, rings, writes)
 			}
 		})
 	}

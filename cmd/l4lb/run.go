@@ -191,7 +191,7 @@ func run(path string, stderr io.Writer) int {
 	}
 	log.Info().Str(logkey.Version, versionString()).Str(logkey.Config, path).Int("pid", os.Getpid()).
 		Int("engine_loops", splice.ResolveLoops(cfg.Engine.Loops)).Int("go_procs", runtime.GOMAXPROCS(0)).
-		Msg("l4lb ready")
+		Str("engine_writes", splice.RingWrites()).Msg("l4lb ready")
 
 	// The watchdog ticks in this loop: a stuck loop stops the pings.
 	var watchdog <-chan time.Time
