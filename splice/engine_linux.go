@@ -118,6 +118,9 @@ func newEngine(n int) (*engine, error) {
 			for _, l := range e.loops {
 				l.file.Close() // ends its goroutine
 				unix.Close(l.evfd)
+				if l.ring != nil {
+					l.ring.close()
+				}
 			}
 			return nil, err
 		}
