@@ -486,9 +486,7 @@ func (l *loop) sent(ud uint64, res int32) {
 		f.off += int(res)
 		f.n.Add(uint64(res))
 		if f.off == f.end {
-			// All written: an idle flow holds no buffer.
-			smallPool.Put(f.buf)
-			f.buf, f.off, f.end = nil, 0, 0
+			f.putBuf() // all written: an idle flow holds no buffer
 		}
 	case res == -int32(unix.EAGAIN):
 		f.full = true

@@ -92,6 +92,11 @@ func (f *flow) release(pp *PipePool) {
 		}
 		f.p, f.pn = nil, 0
 	}
+	f.putBuf()
+}
+
+// putBuf gives the small buffer back to the pool, if f holds one.
+func (f *flow) putBuf() {
 	if f.buf != nil {
 		smallPool.Put(f.buf)
 		f.buf, f.off, f.end = nil, 0, 0
@@ -157,15 +162,13 @@ func (l *loop) readSmall(s *Session, f *flow) bool {
 		return true
 	case err == unix.EAGAIN:
 		f.readable, f.urgent = false, false
-		smallPool.Put(f.buf)
-		f.buf = nil
+		f.putBuf()
 		return true
 	case err != nil:
 		l.end(s, f.srcEnd, os.NewSyscallError("read", err), "", f.dst)
 		return false
 	case n == 0:
-		smallPool.Put(f.buf)
-		f.buf = nil
+		f.putBuf()
 		return l.srcEOF(s, f)
 	}
 	s.eng.last = l.now
@@ -303,10 +306,7 @@ func (l *loop) flush(s *Session, f *flow) bool {
 		f.off += m
 		f.n.Add(uint64(m))
 	}
-	if f.buf != nil {
-		smallPool.Put(f.buf)
-		f.buf, f.off, f.end = nil, 0, 0
-	}
+	f.putBuf()
 	return true
 }
 
