@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/rawsys"
+	"github.com/l4lb/l4lb/internal/uring"
 	"golang.org/x/sys/unix"
 )
 
@@ -119,7 +120,7 @@ func newEngine(n int) (*engine, error) {
 				l.file.Close() // ends its goroutine
 				unix.Close(l.evfd)
 				if l.ring != nil {
-					l.ring.close()
+					l.ring.Close()
 				}
 			}
 			return nil, err
@@ -158,7 +159,7 @@ type loop struct {
 	armed  int64 // deadline in force on file (mono ns); 0 none, -1 unknown
 	now    int64 // mono ns, taken once per batch of events
 	events [maxEvents]unix.EpollEvent
-	ring   *uring // batched writes (uring_linux.go); nil: write(2)
+	ring   *uring.Ring // batched writes (uring_linux.go); nil: write(2)
 	doneFn func(uint64, int32)
 	// ringSent and ringFull count sends completed through ring, and those
 	// of them that found dst full (read by tests).
@@ -448,8 +449,8 @@ func (l *loop) submit() {
 		return
 	}
 	for {
-		l.ring.submit()
-		if !l.ring.reap(l.doneFn) && l.ring.queued == 0 {
+		l.ring.Submit()
+		if !l.ring.Reap(l.doneFn) && l.ring.Queued() == 0 {
 			return
 		}
 	}
@@ -542,8 +543,8 @@ func (l *loop) schedule(s *Session, at int64) {
 func (l *loop) end(s *Session, how End, err error, reason string, reset *side) {
 	// Queued sends go out before any socket closes: an fd number closed
 	// here may be a new connection's by the time the loop submits.
-	for l.ring != nil && l.ring.queued > 0 {
-		l.ring.submit()
+	for l.ring != nil && l.ring.Queued() > 0 {
+		l.ring.Submit()
 	}
 	e := &s.eng
 	if e.registered() {

@@ -287,7 +287,7 @@ func (l *loop) flush(s *Session, f *flow) bool {
 			if f == &s.eng.flows[1] {
 				i = 1
 			}
-			if l.ring.send(f.dst.fd, (*f.buf)[f.off:f.end], sentID(s.eng.slot, l.gen[s.eng.slot], i)) {
+			if l.ring.Send(f.dst.fd, (*f.buf)[f.off:f.end], sentID(s.eng.slot, l.gen[s.eng.slot], i)) {
 				f.sending = true // loop.sent goes on
 				return true
 			}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/l4lb/l4lb/internal/uring"
 )
 
 // ringCounts sums the running engine's ring counters.
@@ -29,20 +31,11 @@ func needRing(t *testing.T) {
 	if os.Getenv("L4LB_IO_URING") == "0" {
 		t.Skip("L4LB_IO_URING=0: this run tests the write(2) path")
 	}
-	if err := ringProbe(); err != nil {
+	if err := uring.Available(); err != nil {
 		t.Skipf("io_uring unavailable here: %v", err)
 	}
 	if got := RingWrites(); got != "io_uring" {
 		t.Fatalf("RingWrites() = %q on a kernel that allows io_uring", got)
-	}
-}
-
-// TestRingProbeHonoursSwitch: L4LB_IO_URING=0 keeps the loops on write(2),
-// and says so.
-func TestRingProbeHonoursSwitch(t *testing.T) {
-	t.Setenv("L4LB_IO_URING", "0")
-	if err := ringProbe(); err == nil || !strings.Contains(err.Error(), "L4LB_IO_URING=0") {
-		t.Fatalf("ringProbe() = %v, want the switch named", err)
 	}
 }
 
