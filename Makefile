@@ -14,11 +14,12 @@ build:
 
 # Installs the Debian packages the tests use (redis-server, redis-tools,
 # curl) when missing, then runs every test with the race detector.
-# The second run covers the engine's write(2) path, which loops take where
-# io_uring is refused (L4LB_IO_URING=0 forces it).
+# The second run covers the write(2) and sendmsg(2) paths, which the engine's
+# loops and the UDP listeners take where io_uring is refused (L4LB_IO_URING=0
+# forces it).
 test: test-deps
 	$(GO) test -race -count=1 -timeout 20m ./...
-	L4LB_IO_URING=0 $(GO) test -race -count=1 -timeout 10m ./splice/ ./internal/proxy/
+	L4LB_IO_URING=0 $(GO) test -race -count=1 -timeout 10m ./splice/ ./internal/proxy/ ./internal/udp/
 
 test-deps:
 	@scripts/test-deps.sh

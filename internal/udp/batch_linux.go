@@ -76,10 +76,12 @@ func newReader(pktinfo bool, deliver func(b []byte, from *sockName, oob []byte))
 // close unmaps the buffers; the reader is not used again.
 func (r *reader) close() { _ = unix.Munmap(r.mem) }
 
-// recvConnected takes up to k (≤ batchSize) datagrams off fd, a session's
-// connected socket, into the batch buffers, and returns how many; payload
-// gives each. The listener's last batch has been delivered by then (the
-// owner reads sessions between listener batches), so its buffers are free.
+// recvConnected takes up to k datagrams off fd, a session's connected
+// socket, into the batch buffers from slot off on (off+k ≤ batchSize), and
+// returns how many; payload(off+i) gives each. The listener's last batch
+// has been delivered and flushed by then (the owner reads sessions between
+// listener batches), so its buffers are free; slots below off hold replies
+// queued in the outbox.
 //
 // As with the listener's batches, fewer than k means the queue was empty at
 // that moment: the owner waits for the socket's next edge instead of making
@@ -90,13 +92,13 @@ func (r *reader) close() { _ = unix.Munmap(r.mem) }
 // call that has taken some datagrams is kept by the kernel for the next
 // call, and its arrival, after the epoll_wait that led to this call, raised
 // a new event: the owner reads again and gets it.
-func (r *reader) recvConnected(fd, k int) (int, error) {
-	for i := range k {
+func (r *reader) recvConnected(fd, off, k int) (int, error) {
+	for i := off; i < off+k; i++ {
 		r.hdrs[i].hdr = unix.Msghdr{Iov: &r.iovs[i]}
 		r.hdrs[i].hdr.SetIovlen(1)
 	}
 	for {
-		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(k), unix.MSG_DONTWAIT, 0, 0)
+		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&r.hdrs[off])), uintptr(k), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case 0:
 			return int(n), nil

@@ -303,7 +303,7 @@ type recvChecker struct {
 
 func (w *recvChecker) want(k, n int, wantErr error) {
 	w.t.Helper()
-	got, err := w.rd.recvConnected(w.fd, k)
+	got, err := w.rd.recvConnected(w.fd, 0, k)
 	if got != n || err != wantErr {
 		w.t.Fatalf("recvConnected(k=%d) = %d, %v; want %d, %v", k, got, err, n, wantErr)
 	}

@@ -44,9 +44,12 @@
 // empty, so it waits without the extra read that would return EAGAIN. A
 // session's replies are read the same way, up to 16 in one recvmmsg into
 // the same buffers, before the owner turns to the others, so one chatty
-// host cannot starve the rest. An idle session costs
-// its socket and about 200 bytes; a listener costs two fds (its socket and
-// the epoll set) and about 1 MiB of mapped receive buffers.
+// host cannot starve the rest. Where io_uring is available, the datagrams
+// relayed either way are queued on the listener's ring and sent together,
+// one io_uring_enter per batch, instead of a write(2) or sendmsg(2) each
+// (outbox_linux.go). An idle session costs its socket and about 200 bytes;
+// a listener costs two fds (its socket and the epoll set), three with its
+// io_uring, and about 1 MiB of mapped receive buffers.
 //
 // Run returns only after the owner has stopped and every socket is closed.
 //

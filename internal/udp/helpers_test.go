@@ -175,6 +175,12 @@ func startAt(t testing.TB, addr string, s *Settings) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return run(t, l)
+}
+
+// run runs l until cleanup.
+func run(t testing.TB, l *Listener) *running {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{l: l, addr: l.Addr().String(), stop: cancel, done: make(chan error, 1)}
 	go func() { r.done <- l.Run(ctx) }()

@@ -98,6 +98,7 @@ type Listener struct {
 	droppedFull, droppedNoHost, droppedError, hostErrors atomic.Uint64
 	dgramsUp, dgramsDown, bytesUp, bytesDown             atomic.Uint64
 	warnLimit                                            limiter
+	ringSent                                             atomic.Uint64 // sends submitted on the outbox, for tests
 }
 
 // Listen binds a UDP socket on address ("127.0.0.1:53", "[::]:53", ":53").
@@ -271,6 +272,8 @@ type owner struct {
 	poll    *poller
 	rd      *reader
 	out     sender
+	box     *outbox // sends batched on io_uring; nil: system calls
+	used    int     // batch slots holding replies in the outbox
 	// The read deadline of the epoll file is the time of the next sweep;
 	// Sessions() requests move it to the past.
 	next time.Time
@@ -294,6 +297,15 @@ func (l *Listener) serve(p *poller) error {
 	}
 	o.rd = rd
 	defer rd.close()
+	box, err := newOutbox()
+	if err != nil {
+		l.log.Warn().Err(err).Msg("no io_uring for this listener: it sends with system calls")
+	}
+	if box != nil {
+		box.doneFn = func(ud uint64, res int32) { l.sendDone(o, ud, res) }
+		o.box = box
+		defer box.close() // after the sessions end, below
+	}
 	if err := p.add(l.fd, listenerSlot); err != nil {
 		return fmt.Errorf("udp listener %s: %w", l.name, err)
 	}
@@ -357,6 +369,7 @@ func (l *Listener) round(o *owner) bool {
 				}
 			}
 		}
+		l.flush(o)
 		// Fewer events than asked for means epoll had no more ready; any
 		// later one makes the epoll fd readable again, a new edge for
 		// Go's netpoller.
@@ -370,8 +383,10 @@ func (l *Listener) round(o *owner) bool {
 // readListener takes up to listenBatches batches off the listener socket;
 // o.more says whether it may hold more.
 func (l *Listener) readListener(o *owner) {
+	l.flush(o) // replies queued are in the batch buffers
 	for range listenBatches {
 		full, err := o.rd.recvmmsg(l.fd)
+		l.flush(o)
 		if err != nil {
 			// An unconnected socket reports no ICMP errors (no
 			// IP_RECVERR); what is left is rare and local (ENOBUFS,
@@ -462,6 +477,12 @@ func (l *Listener) mono(t time.Time) int64 { return int64(t.Sub(l.base)) }
 func (l *Listener) handle(o *owner, b []byte, name *sockName, dst []byte) {
 	from := sockaddrPort(name)
 	s := o.table[from]
+	if s != nil && s.upQueued {
+		// One datagram per session in the outbox: if the one queued is
+		// refused, this one must follow it to the next host.
+		l.flush(o)
+		s = o.table[from]
+	}
 	if s != nil && hostDown(s.host) {
 		l.remove(o, s, endHostDown, "")
 		s = nil
@@ -471,8 +492,23 @@ func (l *Listener) handle(o *owner, b []byte, name *sockName, dst []byte) {
 			return
 		}
 	}
-	err := l.send(o, s, b)
+	if o.box != nil {
+		if o.box.full() {
+			l.flush(o)
+		}
+		o.box.up(s, b, name, dst)
+		s.upQueued = true
+		return
+	}
+	_, err := rawsys.Write(s.fd, b)
+	l.forwarded(o, s, b, name, dst, err)
+}
+
+// forwarded goes on with datagram b of client name (pktinfo dst) once its
+// send to s's host returned err.
+func (l *Listener) forwarded(o *owner, s *session, b []byte, name *sockName, dst []byte, err error) {
 	if err == nil {
+		l.sentUp(o, s, len(b))
 		return
 	}
 	// A connected socket reports a pending ICMP error on the next call:
@@ -486,12 +522,34 @@ func (l *Listener) handle(o *owner, b []byte, name *sockName, dst []byte) {
 	l.remove(o, s, end, errReason(err))
 	if isHostError(err) {
 		l.hostError(s, errReason(err))
-		if s = l.open(o, from, name, dst, failed); s != nil && l.send(o, s, b) == nil {
+		if s = l.open(o, sockaddrPort(name), name, dst, failed); s != nil && l.write(o, s, b) == nil {
 			return
 		}
 	}
 	l.droppedError.Add(1)
 	l.warn(errReason(err), "send to host failed")
+}
+
+// flush submits the outbox's sends and goes on with each datagram as its
+// send returned (outbox_linux.go). The batch buffers are all free again
+// when it returns.
+func (l *Listener) flush(o *owner) {
+	o.used = 0
+	if o.box != nil && o.box.n > 0 {
+		l.ringSent.Add(uint64(o.box.n))
+		o.box.submit()
+	}
+}
+
+// sendDone is the outbox's completion handler.
+func (l *Listener) sendDone(o *owner, ud uint64, res int32) {
+	op, err := o.box.completed(ud, res)
+	if op.up {
+		op.s.upQueued = false
+		l.forwarded(o, op.s, op.b, op.name, op.dst, err)
+		return
+	}
+	l.replied(o, op.s, len(op.b), err)
 }
 
 // hostDown reports whether sessions to h must move: it was marked down (by
@@ -557,6 +615,9 @@ func (l *Listener) open(o *owner, from netip.AddrPort, name *sockName, dst []byt
 func (l *Listener) remove(o *owner, s *session, end endReason, reason string) {
 	if s.removed {
 		return
+	}
+	if o.box != nil && o.box.unsubmitted() {
+		l.flush(o) // before its fd number can be reused
 	}
 	s.removed = true
 	s.end, s.reason = end, reason

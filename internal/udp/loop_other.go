@@ -47,6 +47,28 @@ type reader struct{}
 
 func newReader(bool, func([]byte, *sockName, []byte)) (*reader, error) { return nil, errNotLinux }
 func (r *reader) close()                                               {}
-func (r *reader) recvConnected(int, int) (int, error)                  { return 0, errNotLinux }
+func (r *reader) recvConnected(int, int, int) (int, error)             { return 0, errNotLinux }
 func (r *reader) payload(int) []byte                                   { return nil }
 func (r *reader) recvmmsg(int) (bool, error)                           { return false, errNotLinux }
+
+type outbox struct {
+	n      int
+	doneFn func(uint64, int32)
+}
+
+func newOutbox() (*outbox, error)                         { return nil, nil }
+func (b *outbox) close()                                  {}
+func (b *outbox) full() bool                              { return false }
+func (b *outbox) unsubmitted() bool                       { return false }
+func (b *outbox) up(*session, []byte, *sockName, []byte)  {}
+func (b *outbox) down(int, *session, []byte, int)         {}
+func (b *outbox) submit()                                 {}
+func (b *outbox) completed(uint64, int32) (sendOp, error) { return sendOp{}, nil }
+
+type sendOp struct {
+	s    *session
+	b    []byte
+	up   bool
+	name *sockName
+	dst  []byte
+}

@@ -58,10 +58,11 @@ type session struct {
 	host    *pool.Host
 	created time.Time
 
-	last    int64 // Listener.mono of the last datagram either way
-	replies int
-	pending bool // in owner.pending: its read budget ran out, replies may be queued
-	removed bool // out of the table, socket closed
+	last     int64 // Listener.mono of the last datagram either way
+	replies  int
+	pending  bool // in owner.pending: its read budget ran out, replies may be queued
+	upQueued bool // a datagram to the host is in the owner's outbox
+	removed  bool // out of the table, socket closed
 
 	dgramsUp, dgramsDown, bytesUp, bytesDown uint64
 	end                                      endReason
@@ -89,18 +90,23 @@ func (l *Listener) dial(set *Settings, p *pool.Pool, h *pool.Host, from netip.Ad
 	return s, nil
 }
 
-// send relays a client's datagram to the host.
-func (l *Listener) send(o *owner, s *session, b []byte) error {
-	if _, err := rawsys.Write(s.fd, b); err != nil {
-		return err
+// write sends a client's datagram to s's host with write(2), and accounts
+// for it when it went.
+func (l *Listener) write(o *owner, s *session, b []byte) error {
+	_, err := rawsys.Write(s.fd, b)
+	if err == nil {
+		l.sentUp(o, s, len(b))
 	}
+	return err
+}
+
+// sentUp accounts for a datagram of n bytes relayed to s's host.
+func (l *Listener) sentUp(o *owner, s *session, n int) {
 	s.last = o.now
-	n := uint64(len(b))
 	s.dgramsUp++
-	s.bytesUp += n
+	s.bytesUp += uint64(n)
 	l.dgramsUp.Add(1)
-	l.bytesUp.Add(n)
-	return nil
+	l.bytesUp.Add(uint64(n))
 }
 
 // replies relays the host's replies to the client until the session's
@@ -109,11 +115,18 @@ func (l *Listener) send(o *owner, s *session, b []byte) error {
 // then queued in o.pending and read again in the loop's next round).
 func (l *Listener) replies(o *owner, s *session) {
 	for left := replyBudget; left > 0; {
-		k := min(left, batchSize)
-		n, err := o.rd.recvConnected(s.fd, k)
+		if o.used == batchSize {
+			l.flush(o) // frees the slots
+		}
+		off := o.used
+		k := min(left, batchSize-off)
+		n, err := o.rd.recvConnected(s.fd, off, k)
+		if o.box != nil {
+			o.used += n // queued until the next flush
+		}
 		for i := range n {
 			s.replies++
-			l.reply(o, s, o.rd.payload(i))
+			l.reply(o, s, o.rd.payload(off+i), off+i)
 			if s.set.Responses > 0 && s.replies >= s.set.Responses {
 				// Ends before the owner reads the listener again: the
 				// client's next datagram opens a new session. Replies
@@ -144,20 +157,29 @@ func (l *Listener) replies(o *owner, s *session) {
 	}
 }
 
-// reply relays one of the host's datagrams to the client, from the
-// listener's socket.
-func (l *Listener) reply(o *owner, s *session, b []byte) {
-	if err := o.out.send(b, &s.name, s.oob); err != nil {
+// reply relays one of the host's datagrams, read into batch slot, to the
+// client, from the listener's socket.
+func (l *Listener) reply(o *owner, s *session, b []byte, slot int) {
+	if o.box != nil {
+		o.box.down(l.fd, s, b, slot)
+		return
+	}
+	l.replied(o, s, len(b), o.out.send(b, &s.name, s.oob))
+}
+
+// replied goes on with a reply of n bytes to s's client once its send
+// returned err.
+func (l *Listener) replied(o *owner, s *session, n int, err error) {
+	if err != nil {
 		l.droppedError.Add(1)
 		l.warn(errReason(err), "reply to client failed")
 		return
 	}
 	s.last = o.now
-	n := uint64(len(b))
 	s.dgramsDown++
-	s.bytesDown += n
+	s.bytesDown += uint64(n)
 	l.dgramsDown.Add(1)
-	l.bytesDown.Add(n)
+	l.bytesDown.Add(uint64(n))
 }
 
 // countEnd counts a session's end, once, as it happens: the active gauge
