@@ -52,9 +52,11 @@ type outbox struct {
 	doneFn func(ud uint64, res int32)
 }
 
-// outboxSize bounds what one flush holds: one listener batch's datagrams,
-// or the replies read into the batchSize slots, never both (readListener
-// flushes before and after each batch).
+// outboxSize bounds what one flush holds: one listener batch's datagrams
+// (handle flushes when full), or the replies read into the batchSize slots
+// (replies flushes when they are all taken), never both (readListener
+// flushes before and after each batch). The ring has twice as many
+// entries, so queueing on it cannot fail.
 const outboxSize = batchSize
 
 // sendOp is a queued send, for its completion.
