@@ -64,11 +64,3 @@ func (b *outbox) up(*session, []byte, *sockName, []byte)  {}
 func (b *outbox) down(int, *session, []byte, int)         {}
 func (b *outbox) submit()                                 {}
 func (b *outbox) completed(uint64, int32) (sendOp, error) { return sendOp{}, nil }
-
-type sendOp struct {
-	s    *session
-	b    []byte
-	up   bool
-	name *sockName
-	dst  []byte
-}

@@ -59,15 +59,6 @@ type outbox struct {
 // entries, so queueing on it cannot fail.
 const outboxSize = batchSize
 
-// sendOp is a queued send, for its completion.
-type sendOp struct {
-	s    *session
-	b    []byte
-	up   bool      // toward the host; false: a reply
-	name *sockName // up: the client's address, as read
-	dst  []byte    // up: the datagram's pktinfo
-}
-
 // newOutbox returns the owner's outbox, or nil when it sends with system
 // calls; err says why when io_uring is available but this ring is not.
 func newOutbox() (*outbox, error) {

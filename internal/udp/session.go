@@ -69,6 +69,16 @@ type session struct {
 	reason                                   string // detail of endRefused / endError
 }
 
+// sendOp is a send queued in the owner's outbox (outbox_linux.go), kept
+// for its completion.
+type sendOp struct {
+	s    *session
+	b    []byte
+	up   bool      // toward the host; false: a reply
+	name *sockName // up: the client's address, as read
+	dst  []byte    // up: the datagram's pktinfo
+}
+
 // dial opens a connected socket to h for a new session of client from.
 func (l *Listener) dial(set *Settings, p *pool.Pool, h *pool.Host, from netip.AddrPort, name *sockName, dst []byte) (*session, error) {
 	if h.Network == "unix" {
